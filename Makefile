@@ -1,0 +1,44 @@
+# fairnb: `make demo` runs the main job, `make test` runs every check. Both set up .venv when missing.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export FAIRNB_CACHE ?= $(CURDIR)/.cache/fairnb
+
+.PHONY: demo test export sync nbtest pytest bench clean
+
+$(VENV)/.installed: setup.py settings.ini
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	mkdir -p reports
+	$(BIN)/papermill nbs/run_chexpert.ipynb reports/chexpert_minmax.ipynb -p scheme minmax -p overwrite True
+	@echo "report:  reports/chexpert_minmax.ipynb"
+	@echo "results: reports/chexpert_minmax/results.json (config.json, history.csv and model.pt beside it)"
+
+test: sync nbtest pytest
+
+# Regenerate fairnb/ from the notebooks and strip notebook noise; commit nbs/ and fairnb/ together.
+export: $(VENV)/.installed
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
+
+# Notebooks are the source: exporting and cleaning a copy must reproduce fairnb/ and nbs/ exactly.
+sync: $(VENV)/.installed
+	@tmp=$$(mktemp -d); cp -r settings.ini nbs $$tmp/; mkdir $$tmp/fairnb; cp fairnb/__init__.py $$tmp/fairnb/; \
+	(cd $$tmp && $(BIN)/nbdev_clean && $(BIN)/nbdev_export) >/dev/null; \
+	diff -r -x __pycache__ fairnb $$tmp/fairnb && diff -r -x .ipynb_checkpoints -x reports nbs $$tmp/nbs; rc=$$?; rm -rf $$tmp; \
+	if [ $$rc -ne 0 ]; then echo "nbs/ and fairnb/ are out of sync (or notebooks not clean): run 'make export' and commit both."; exit 1; fi; \
+	echo "nbs/ and fairnb/ in sync"
+
+nbtest: $(VENV)/.installed
+	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^run_'
+
+pytest: $(VENV)/.installed
+	timeout 2400 $(BIN)/pytest -q tests
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_loading.py
+
+clean:
+	rm -rf reports .cache .pytest_cache

@@ -1,0 +1,52 @@
+"The notebooks are the source: they must stay clean, unique and papermill-ready."
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
+RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name.startswith('run_')]
+LIBRARY = [p for p in NOTEBOOKS if p not in RUN_NOTEBOOKS]
+
+
+def cells(p):
+    return json.loads(p.read_text())['cells']
+
+
+def source(c):
+    return ''.join(c['source'])
+
+
+@pytest.mark.parametrize('nb', RUN_NOTEBOOKS, ids=lambda p: p.name)
+def test_experiment_notebook_has_one_parameters_cell(nb):
+    tagged = [c for c in cells(nb) if 'parameters' in c.get('metadata', {}).get('tags', [])]
+    assert len(tagged) == 1
+    assert not any(re.search(r'#\|\s*(default_exp|export)', source(c)) for c in cells(nb))
+
+
+def test_default_exp_values_are_unique():
+    exps = [m.group(1) for p in LIBRARY for c in cells(p) for m in [re.search(r'#\|\s*default_exp\s+(\S+)', source(c))] if m]
+    assert len(exps) == len(set(exps)), exps
+    assert {'core', 'data', 'chexpert', 'models', 'losses', 'schemes', 'train', 'metrics', 'report'} <= set(exps)
+
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_clean(nb):
+    for c in cells(nb):
+        if c['cell_type'] == 'code':
+            assert c['outputs'] == [] and c['execution_count'] is None, f'{nb.name} has outputs: run nbdev_clean'
+
+
+def test_no_machine_paths():
+    pattern = re.compile(r'(/home/\w|/root/|/Users/\w|[A-Z]:\\\\)')
+    files = NOTEBOOKS + sorted((ROOT / 'fairnb').glob('*.py')) + sorted((ROOT / 'tests').glob('*.py'))
+    hits = [f'{p.name}: {m.group(0)}' for p in files if p.name != 'test_hygiene.py' for m in [pattern.search(p.read_text())] if m]
+    assert not hits
+
+
+def test_readme_is_index_notebook():
+    "README.md is kept in step with nbs/index.ipynb by hand (no Quarto here): same text."
+    md = '\n\n'.join(source(c) for c in cells(ROOT / 'nbs' / 'index.ipynb') if c['cell_type'] == 'markdown')
+    assert (ROOT / 'README.md').read_text().strip() == md.strip()
