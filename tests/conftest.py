@@ -15,10 +15,10 @@ def _cache(tmp_path_factory):
     yield
 
 
-def run_notebook(name, out_dir, **params):
-    "Execute nbs/<name> with papermill into out_dir/<name>; parameters as papermill's -p."
+def run_notebook(name, dest, **params):
+    "Execute nbs/<name> with papermill into the folder dest (also the kernel's cwd); params as papermill's -p."
     import papermill as pm
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return pm.execute_notebook(str(NBS / name), str(out_dir / name), parameters=params,
-                               cwd=str(out_dir), progress_bar=False, kernel_name='python3')
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(str(NBS / name), str(dest / name), parameters=params,
+                               cwd=str(dest), progress_bar=False, kernel_name='python3')
