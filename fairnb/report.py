@@ -46,6 +46,7 @@ def write_results(out_dir, config:dict, rows, # list of dicts, or a DataFrame wi
 def read_results(path): # a results.json, or the run folder holding it
     "Read and validate a `results.json`; returns (record, rows DataFrame)."
     path = Path(path); path = path/'results.json' if path.is_dir() else path
+    if not path.exists(): raise FileNotFoundError(f'{path} does not exist: the run has not finished (look for failed.json or the executed notebook).')
     rec = read_json(path)
     missing = {'config', 'rows', 'fairnb_version', 'seconds'} - set(rec)
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.report.write_results.')
