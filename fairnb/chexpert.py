@@ -18,10 +18,10 @@ from .core import cache_dir, write_json
 from .data import ImageTable, age_group, encode_sex, split_by_patient
 
 # %% auto #0
-__all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'BASE_PREVALENCE',
+__all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'BASE_PREVALENCE', 'VIEWS',
            'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv', 'read_gray',
            'chexpert_transform', 'draw_chest', 'synthetic_patients', 'write_synthetic_chexpert', 'synthetic_chexpert',
-           'chexpert_frames', 'chexpert_datasets']
+           'select_views', 'chexpert_frames', 'chexpert_datasets']
 
 # %% ../nbs/02_chexpert.ipynb #f6136e17
 OBSERVATIONS = ('No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion',
@@ -228,19 +228,30 @@ def synthetic_chexpert(root=None, # parent folder; default: `fairnb.core.cache_d
     return final/'CheXpert-v1.0-small'
 
 # %% ../nbs/02_chexpert.ipynb #da63b4de
+VIEWS = ('all', 'frontal', 'lateral')
+
+def select_views(df:pd.DataFrame, views:str='all'):
+    "Rows of `df` whose `view` matches `views` ('all', 'frontal' or 'lateral')."
+    if views not in VIEWS: raise ValueError(f'views must be one of {VIEWS}, got {views!r}.')
+    out = df if views == 'all' else df[df.view.str.lower() == views].reset_index(drop=True)
+    if not len(out): raise ValueError(f'No {views} images in this CSV; use views=\'all\'.')
+    out.attrs = dict(df.attrs); return out
+
+# %% ../nbs/02_chexpert.ipynb #23931e56
 def chexpert_frames(data_dir=None, # CheXpert folder; None: the built-in synthetic data
                     val_frac:float=0.2, # share of train.csv patients for validation
                     seed:int=0, # seed of the patient split
-                    uncertain:dict|None=None): # uncertain-label policy; default `UNCERTAIN`
+                    uncertain:dict|None=None, # uncertain-label policy; default `UNCERTAIN`
+                    views:str='all'): # 'all', 'frontal' or 'lateral'
     "Dict of DataFrames: train, validation (from train.csv, by patient) and test (valid.csv)."
     d = synthetic_chexpert() if data_dir is None else find_chexpert_dir(data_dir)
-    full = read_chexpert_csv(d/'train.csv', uncertain)
+    full = select_views(read_chexpert_csv(d/'train.csv', uncertain), views)
     train, val = split_by_patient(full, val_frac, seed)
-    test = read_chexpert_csv(d/'valid.csv', uncertain)
+    test = select_views(read_chexpert_csv(d/'valid.csv', uncertain), views)
     for df in (train, val): df.attrs['n_dropped'] = full.attrs['n_dropped']
     return {'train': train, 'validation': val, 'test': test}
 
-# %% ../nbs/02_chexpert.ipynb #4cac2512
+# %% ../nbs/02_chexpert.ipynb #c97e1e34
 def chexpert_datasets(frames:dict, # from `chexpert_frames`
                       img_size:int=256, preload:bool=True, # decode all images once up front
                       augment:bool=True): # random affine on the training split
@@ -254,7 +265,7 @@ def chexpert_datasets(frames:dict, # from `chexpert_frames`
     ds['train'] = ds['train'].with_transform(chexpert_transform(img_size, train=augment))
     return ds
 
-# %% ../nbs/02_chexpert.ipynb #f387e0af
+# %% ../nbs/02_chexpert.ipynb #9432f0a8
 CHEXPERT_PRESETS = {
     'smoke': dict(model='small_cnn', width=8, img_size=32, epochs=1, batch_size=128, lr=3e-3, lr_gamma=1.0, preload=True, num_workers=0),
     'cpu': dict(model='small_cnn', width=16, img_size=64, epochs=8, batch_size=64, lr=2e-3, lr_gamma=0.8, preload=True, num_workers=0),

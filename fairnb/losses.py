@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['pos_weights', 'weighted_bce', 'group_losses', 'minmax_loss']
+__all__ = ['pos_weights', 'weighted_bce', 'group_losses', 'minmax_loss', 'equal_loss_penalty', 'equalized_odds_penalty',
+           'disparate_impact_penalty']
 
 # %% ../nbs/05_losses.ipynb #721caa69
 def pos_weights(targets:torch.Tensor, # (N, T) 0/1 training labels
@@ -43,3 +44,44 @@ def minmax_loss(losses:torch.Tensor, # (B,) per-sample losses
     means, counts = group_losses(losses, groups, n_groups)
     if not (counts > 0).any(): return losses.sum() * 0.0
     return means[counts > 0].max()
+
+# %% ../nbs/05_losses.ipynb #1e10a71c
+def _binary_groups(groups:torch.Tensor):
+    "Group codes as a float 0/1 vector `a`; refuses more than two groups."
+    if groups.numel() and groups.max() > 1:
+        raise ValueError(f'fairness penalties compare two groups (codes 0 and 1); got code {int(groups.max())}. '
+                         'Choose a binary sensitive attribute such as sex.')
+    return groups.float()
+
+def _group_means(x:torch.Tensor, a:torch.Tensor):
+    "Means of `x` (N, ...) over a=1 and a=0 (0 where absent), and whether both groups are present."
+    a = a.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    n1, n0 = a.sum(0), (1 - a).sum(0)
+    return (x * a).sum(0) / n1.clamp(min=1), (x * (1 - a)).sum(0) / n0.clamp(min=1), bool(n1.min() > 0 and n0.min() > 0)
+
+# %% ../nbs/05_losses.ipynb #b0b319df
+def equal_loss_penalty(losses:torch.Tensor, # (B,) per-sample losses
+                       groups:torch.Tensor): # (B,) codes 0/1
+    "Eq. 2: |mean loss of group 1 - mean loss of group 0|."
+    l1, l0, both = _group_means(losses, _binary_groups(groups))
+    return (l1 - l0).abs() if both else losses.sum() * 0.0
+
+# %% ../nbs/05_losses.ipynb #ce2e0c24
+def equalized_odds_penalty(probs:torch.Tensor, # (B,) or (B, T) predicted probabilities
+                           targets:torch.Tensor, # same shape, 0/1
+                           groups:torch.Tensor): # (B,) codes 0/1
+    "Eq. 4: fpr + fnr gaps between the groups, averaged over tasks."
+    y = targets.float()
+    fp1, fp0, both = _group_means(probs * (1 - y), _binary_groups(groups))
+    fn1, fn0, _ = _group_means((1 - probs) * y, _binary_groups(groups))
+    return ((fp1 - fp0).abs() + (fn1 - fn0).abs()).mean() if both else probs.sum() * 0.0
+
+# %% ../nbs/05_losses.ipynb #1395257a
+def disparate_impact_penalty(probs:torch.Tensor, # (B,) or (B, T) predicted probabilities
+                             groups:torch.Tensor, # (B,) codes 0/1
+                             eps:float=1e-8):
+    "Eq. 6: -min(r, 1/r), r = mean p of group 1 / mean p of group 0, averaged over tasks."
+    m1, m0, both = _group_means(probs, _binary_groups(groups))
+    if not both: return probs.sum() * 0.0 - 1.0
+    r = (m1 + eps) / (m0 + eps)
+    return -torch.minimum(r, 1 / r).mean()

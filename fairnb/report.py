@@ -82,13 +82,17 @@ def plot_groups(rows:pd.DataFrame, metric:str='auc', attribute:str='sex', groups
 
 # %% ../nbs/10_report.ipynb #53f036f9
 def plot_history(history:pd.DataFrame, groups:tuple=('male', 'female')):
-    "Training curves: per-group training loss and per-group validation metric, per epoch."
-    fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
+    "Training curves: per-group training loss, per-group validation AUC, and the AUC gap on train and validation."
+    fig, axs = plt.subplots(1, 3, figsize=(14, 3.2))
     for g in groups:
         axs[0].plot(history.epoch, history[f'train_loss_{g}'], marker='o', label=g)
         if f'val_auc_{g}' in history: axs[1].plot(history.epoch, history[f'val_auc_{g}'], marker='o', label=g)
+    for split, name in (('train', 'train'), ('val', 'validation')):
+        if f'{split}_auc_gap' in history: axs[2].plot(history.epoch, history[f'{split}_auc_gap'], marker='o', label=name)
+    axs[2].axhline(0, color='grey', lw=0.8)
     axs[0].set(title='training loss per group', xlabel='epoch')
     axs[1].set(title='validation AUC per group (mean over tasks)', xlabel='epoch')
+    axs[2].set(title=f'AUC gap ({groups[0]} - {groups[-1]})', xlabel='epoch')
     for a in axs: a.legend()
     fig.tight_layout()
     return fig

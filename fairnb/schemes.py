@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import minmax_loss
+from .losses import disparate_impact_penalty, equal_loss_penalty, equalized_odds_penalty, minmax_loss
 
 # %% auto #0
-__all__ = ['SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax']
+__all__ = ['PENALTY_ON', 'SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme',
+           'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -22,18 +23,29 @@ class BatchOut:
     targets: torch.Tensor  # (B, ...) labels
     groups: torch.Tensor   # (B,) codes of the sensitive attribute
 
-# %% ../nbs/06_schemes.ipynb #cad9fcb0
+# %% ../nbs/06_schemes.ipynb #1c4a6fc3
+PENALTY_ON = ('train', 'holdout')
+
 class Scheme:
     "Base scheme: the mean task loss (empirical risk minimisation)."
     name, needs_holdout = 'baseline', False
-    def __init__(self, alpha:float=0.0, # weight of the scheme's fairness term, if any
-                 n_groups:int=2): # groups of the sensitive attribute
+    def __init__(self, group_names:tuple=('male', 'female'), # groups of the sensitive attribute, in code order
+                 alpha:float=0.0, # weight of a penalty
+                 penalty_on:str='train', # 'train' or 'holdout': the batches a penalty is computed on
+                 flip_group:str|None=None, flip_rate:float=0.0, # label flipping: whose labels, how often
+                 seed:int=0): # seed of the scheme's own randomness
         if not alpha >= 0: raise ValueError(f'alpha must be a number >= 0, got {alpha!r}.')
-        self.alpha, self.n_groups = float(alpha), n_groups
+        if not 0 <= flip_rate <= 1: raise ValueError(f'flip_rate must lie in [0, 1], got {flip_rate!r}.')
+        if penalty_on not in PENALTY_ON: raise ValueError(f'penalty_on must be one of {PENALTY_ON}, got {penalty_on!r}.')
+        if flip_group is not None and flip_group not in group_names:
+            raise ValueError(f'flip_group {flip_group!r} is not a group of the sensitive attribute {tuple(group_names)}.')
+        self.group_names, self.n_groups, self.alpha, self.penalty_on = tuple(group_names), len(group_names), float(alpha), penalty_on
+        self.flip_group, self.flip_rate, self.seed, self.logs = flip_group, float(flip_rate), seed, {}
+    def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return out.losses.mean()
-    def __repr__(self): return f'{type(self).__name__}(alpha={self.alpha})'
+    def __repr__(self): return f'{type(self).__name__}(alpha={self.alpha}, penalty_on={self.penalty_on!r})'
 
-# %% ../nbs/06_schemes.ipynb #1c4a6fc3
+# %% ../nbs/06_schemes.ipynb #96904944
 SCHEMES = {}
 
 def register_scheme(cls):
@@ -46,16 +58,64 @@ def get_scheme(name:str, # a key of `SCHEMES`
     if name not in SCHEMES: raise ValueError(f'Unknown scheme {name!r}; choose one of {sorted(SCHEMES)}.')
     return SCHEMES[name](**kwargs)
 
-# %% ../nbs/06_schemes.ipynb #18b4a11b
+# %% ../nbs/06_schemes.ipynb #14f3b767
 @register_scheme
 class Baseline(Scheme):
     "Empirical risk minimisation."
     name = 'baseline'
 
-# %% ../nbs/06_schemes.ipynb #211c7745
+# %% ../nbs/06_schemes.ipynb #07f1da9c
 @register_scheme
 class MinMax(Scheme):
     "Minimise the largest per-group mean loss."
     name = 'minmax'
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
         return minmax_loss(out.losses, out.groups, self.n_groups)
+
+# %% ../nbs/06_schemes.ipynb #d57cc6f9
+class PenaltyScheme(Scheme):
+    "Task loss on the training batch plus `alpha` times a penalty on the training or holdout batch."
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs); self.needs_holdout = self.penalty_on == 'holdout'
+        if self.n_groups != 2: raise ValueError(f'{self.name} compares two groups; the sensitive attribute has {self.group_names}.')
+    def penalty(self, out:BatchOut): raise NotImplementedError
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        if self.needs_holdout and holdout is None:
+            raise ValueError(f"scheme {self.name!r} with penalty_on='holdout' needs a holdout batch; pass holdout= to fit.")
+        pen = self.penalty(holdout if self.needs_holdout else out)
+        self.logs = {'penalty': pen.item()}
+        return out.losses.mean() + self.alpha * pen
+
+# %% ../nbs/06_schemes.ipynb #f2f34c8e
+@register_scheme
+class EqualLoss(PenaltyScheme):
+    "Equal-loss penalty, eq. 2."
+    name = 'eq_loss'
+    def penalty(self, out): return equal_loss_penalty(out.losses, out.groups)
+
+@register_scheme
+class EqualizedOdds(PenaltyScheme):
+    "Equalized-odds penalty, eq. 4."
+    name = 'eq_odds'
+    def penalty(self, out): return equalized_odds_penalty(torch.sigmoid(out.logits), out.targets, out.groups)
+
+@register_scheme
+class DisparateImpact(PenaltyScheme):
+    "Disparate-impact penalty, eq. 6."
+    name = 'disp_impact'
+    def penalty(self, out): return disparate_impact_penalty(torch.sigmoid(out.logits), out.groups)
+
+# %% ../nbs/06_schemes.ipynb #4f582137
+@register_scheme
+class LabelFlip(Scheme):
+    "Flip the labels of a random `flip_rate` share of `flip_group`'s samples in each batch."
+    name = 'label_flip'
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.flip_group is None: raise ValueError(f'label_flip needs flip_group, one of {self.group_names}.')
+        self.flip_code, self.rng = self.group_names.index(self.flip_group), torch.Generator().manual_seed(self.seed)
+    def targets(self, targets:torch.Tensor, groups:torch.Tensor):
+        pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
+        self.logs = {'flipped': int(pick.sum())}
+        pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
+        return torch.where(pick, 1 - targets, targets)

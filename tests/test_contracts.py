@@ -27,18 +27,36 @@ def _batch(seed, groups):
     return BatchOut(losses, logits, targets, torch.tensor(groups))
 
 
+def _scheme(name, penalty_on='train'):
+    return get_scheme(name, alpha=1.0, penalty_on=penalty_on, flip_group='female', flip_rate=0.5)
+
+
 @pytest.mark.parametrize('name', sorted(SCHEMES))
+@pytest.mark.parametrize('penalty_on', ['train', 'holdout'])
 @pytest.mark.parametrize('groups', [[0, 1, 0, 1, 1, 0], [1, 1, 1, 1], [0]])
-def test_scheme_gives_finite_differentiable_scalar(name, groups):
-    s = get_scheme(name, alpha=1.0)
-    out = _batch(0, groups)
-    loss = s(out)
+def test_scheme_gives_finite_differentiable_scalar(name, penalty_on, groups):
+    s = _scheme(name, penalty_on)
+    out, hold = _batch(0, groups), _batch(1, groups[::-1])
+    out.targets = s.targets(out.targets, out.groups)
+    loss = s(out, hold)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(out.logits.grad).all()
-    assert s(_batch(0, groups)).item() == loss.item()        # same inputs, same value
+    assert _scheme(name, penalty_on)(_batch(0, groups), _batch(1, groups[::-1])).item() == s(_batch(0, groups), hold).item()
+
+
+@pytest.mark.parametrize('name', ['eq_loss', 'eq_odds', 'disp_impact'])
+def test_holdout_penalty_comes_from_the_holdout_batch(name):
+    "With penalty_on='holdout', the penalty term moves with the holdout batch and not with the training batch's groups."
+    s = _scheme(name, 'holdout')
+    out = _batch(0, [0, 1, 0, 1, 1, 0])
+    a = s(out, _batch(1, [0, 1, 0, 1])).item()
+    b = s(out, _batch(2, [0, 1, 0, 1])).item()
+    assert a != b
+    flipped = _batch(0, [1, 0, 1, 0, 0, 1])              # same losses, other groups: the holdout penalty ignores them
+    assert s(flipped, _batch(1, [0, 1, 0, 1])).item() == a
 
 
 def test_unknown_scheme_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"choose one of \['baseline', 'minmax'"):
+    with pytest.raises(ValueError, match=r"choose one of \['baseline', 'disp_impact', 'eq_loss', 'eq_odds', 'label_flip', 'minmax'\]"):
         get_scheme('equalise')
