@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fairnb.chexpert import (CHEXPERT_COLUMNS, TASKS, chexpert_datasets, chexpert_frames, read_chexpert_csv,
-                             synthetic_chexpert, write_synthetic_chexpert)
+                             select_views, synthetic_chexpert, write_synthetic_chexpert)
 
 
 @pytest.fixture(scope='module')
@@ -80,3 +80,26 @@ def test_synthetic_cache_is_shared(tmp_path):
     b = synthetic_chexpert(tmp_path, n_train=30, n_test=10, img_size=16)
     assert a == b and (a / 'train.csv').exists()
     assert [p.name for p in tmp_path.iterdir()] == [a.parent.name]
+
+
+def test_full_version_folder_with_lateral_views(small, tmp_path):
+    "The full CheXpert-v1.0 layout (other folder name, lateral views) reads alike; data_dir may be its parent."
+    import shutil
+    full = tmp_path / 'CheXpert-v1.0'
+    shutil.copytree(small, full)
+    lines = (full / 'train.csv').read_text().splitlines()
+    first = next(l.split(',') for l in lines[1:] if l.split(',')[1] in ('Male', 'Female'))
+    lateral = [first[0].replace('view1_frontal', 'view2_lateral'), *first[1:3], 'Lateral', '', *first[5:]]
+    Image.open(small.parent / first[0]).save(full / lateral[0].split('/', 1)[1])
+    text = '\n'.join([lines[0], lines[1], ','.join(lateral), *lines[2:]]) + '\n'
+    (full / 'train.csv').write_text(text.replace('CheXpert-v1.0-small/', 'CheXpert-v1.0/'))
+    (full / 'valid.csv').write_text((full / 'valid.csv').read_text().replace('CheXpert-v1.0-small/', 'CheXpert-v1.0/'))
+    every = chexpert_frames(tmp_path)                                   # the parent folder works too
+    n_all = sum(len(every[s]) for s in ('train', 'validation'))
+    frontal = chexpert_frames(tmp_path, views='frontal')
+    assert n_all - sum(len(frontal[s]) for s in ('train', 'validation')) == 1
+    with pytest.raises(ValueError, match="No lateral images"):       # valid.csv has none here
+        chexpert_frames(full, views='lateral')
+    lat = select_views(read_chexpert_csv(full / 'train.csv'), 'lateral')
+    assert len(lat) == 1 and lat.file.iloc[0].endswith('view2_lateral.jpg')
+    assert chexpert_datasets({'train': lat}, img_size=16)['train'][0][0].shape == (3, 16, 16)
