@@ -81,18 +81,19 @@ def plot_groups(rows:pd.DataFrame, metric:str='auc', attribute:str='sex', groups
     return g
 
 # %% ../nbs/10_report.ipynb #53f036f9
-def plot_history(history:pd.DataFrame, groups:tuple=('male', 'female')):
-    "Training curves: per-group training loss, per-group validation AUC, and the AUC gap on train and validation."
+def plot_history(history:pd.DataFrame, groups:tuple=('male', 'female'),
+                 metric:str='auc'): # history columns f'val_{metric}_{group}', f'{split}_{metric}_gap'
+    "Training curves: per-group training loss, per-group validation metric, and its gap on train and validation."
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.2))
     for g in groups:
         axs[0].plot(history.epoch, history[f'train_loss_{g}'], marker='o', label=g)
-        if f'val_auc_{g}' in history: axs[1].plot(history.epoch, history[f'val_auc_{g}'], marker='o', label=g)
+        if f'val_{metric}_{g}' in history: axs[1].plot(history.epoch, history[f'val_{metric}_{g}'], marker='o', label=g)
     for split, name in (('train', 'train'), ('val', 'validation')):
-        if f'{split}_auc_gap' in history: axs[2].plot(history.epoch, history[f'{split}_auc_gap'], marker='o', label=name)
+        if f'{split}_{metric}_gap' in history: axs[2].plot(history.epoch, history[f'{split}_{metric}_gap'], marker='o', label=name)
     axs[2].axhline(0, color='grey', lw=0.8)
     axs[0].set(title='training loss per group', xlabel='epoch')
-    axs[1].set(title='validation AUC per group (mean over tasks)', xlabel='epoch')
-    axs[2].set(title=f'AUC gap ({groups[0]} - {groups[-1]})', xlabel='epoch')
+    axs[1].set(title=f'validation {metric} per group', xlabel='epoch')
+    axs[2].set(title=f'{metric} gap ({groups[0]} - {groups[-1]})', xlabel='epoch')
     for a in axs: a.legend()
     fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from .losses import disparate_impact_penalty, equal_loss_penalty, equalized_odds
 
 # %% auto #0
 __all__ = ['PENALTY_ON', 'SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme',
-           'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip']
+           'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip', 'Margins']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -33,14 +33,18 @@ class Scheme:
                  alpha:float=0.0, # weight of a penalty
                  penalty_on:str='train', # 'train' or 'holdout': the batches a penalty is computed on
                  flip_group:str|None=None, flip_rate:float=0.0, # label flipping: whose labels, how often
+                 margin:float=0.75, margin_group:str|None=None, # adjusted margins: the margin of margin_group
                  seed:int=0): # seed of the scheme's own randomness
         if not alpha >= 0: raise ValueError(f'alpha must be a number >= 0, got {alpha!r}.')
         if not 0 <= flip_rate <= 1: raise ValueError(f'flip_rate must lie in [0, 1], got {flip_rate!r}.')
         if penalty_on not in PENALTY_ON: raise ValueError(f'penalty_on must be one of {PENALTY_ON}, got {penalty_on!r}.')
-        if flip_group is not None and flip_group not in group_names:
-            raise ValueError(f'flip_group {flip_group!r} is not a group of the sensitive attribute {tuple(group_names)}.')
+        for k, v in (('flip_group', flip_group), ('margin_group', margin_group)):
+            if v is not None and v not in group_names: raise ValueError(f'{k} {v!r} is not a group of the sensitive attribute {tuple(group_names)}.')
+        if not 0 <= margin < 1: raise ValueError(f'margin must lie in [0, 1) (a cosine margin), got {margin!r}.')
         self.group_names, self.n_groups, self.alpha, self.penalty_on = tuple(group_names), len(group_names), float(alpha), penalty_on
         self.flip_group, self.flip_rate, self.seed, self.logs = flip_group, float(flip_rate), seed, {}
+        self.margin, self.margin_group = float(margin), margin_group
+    def setup(self, criterion): "Configure the criterion (e.g. a margin head) once, before training."
     def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return out.losses.mean()
     def __repr__(self): return f'{type(self).__name__}(alpha={self.alpha}, penalty_on={self.penalty_on!r})'
@@ -119,3 +123,16 @@ class LabelFlip(Scheme):
         self.logs = {'flipped': int(pick.sum())}
         pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
         return torch.where(pick, 1 - targets, targets)
+
+# %% ../nbs/06_schemes.ipynb #75cc0992
+@register_scheme
+class Margins(Scheme):
+    "Give `margin_group` the CosFace margin `margin`; the others keep the head's default."
+    name = 'margins'
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.margin_group is None: raise ValueError(f'margins needs margin_group, one of {self.group_names}.')
+    def setup(self, criterion):
+        if not hasattr(criterion, 'set_group_margins'):
+            raise TypeError('the margins scheme needs a margin-head criterion (fairnb.losses.MarginLoss), as in face recognition.')
+        criterion.set_group_margins({self.group_names.index(self.margin_group): self.margin})

@@ -13,11 +13,12 @@ import torch
 from tqdm.auto import tqdm, trange
 
 from .losses import group_losses
-from .metrics import group_auc, penalty_rows
+from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_correct
 from .schemes import BatchOut, Scheme
 
 # %% auto #0
-__all__ = ['to_device', 'batch_out', 'cycle', 'train_epoch', 'predict', 'evaluate_split', 'split_evaluator', 'fit']
+__all__ = ['to_device', 'batch_out', 'cycle', 'train_epoch', 'predict', 'evaluate_split', 'split_evaluator', 'evaluate_faces',
+           'face_evaluator', 'fit']
 
 # %% ../nbs/07_train.ipynb #927aa41f
 def to_device(x, device):
@@ -34,14 +35,14 @@ def batch_out(model, criterion:Callable, batch, sensitive:str, device, scheme:Sc
     x, y, g = to_device((x, y, attrs[sensitive]), device)
     if scheme is not None: y = scheme.targets(y, g)
     logits = model(x)
-    return BatchOut(criterion(logits, y), logits, y, g)
+    return BatchOut(criterion(logits, y, g), logits, y, g)
 
 def cycle(loader):
     "Batches of `loader` without end, a fresh (reshuffled) pass each time it runs out."
     while True: yield from loader
 
 # %% ../nbs/07_train.ipynb #7844fcbf
-def train_epoch(model, loader, criterion:Callable, # (logits, targets) -> (B,) losses
+def train_epoch(model, loader, criterion:Callable, # (outputs, targets, groups) -> (B,) losses
                 scheme:Scheme, optimizer, device, sensitive:str='sex', # attribute the scheme acts on
                 group_names:tuple=('male', 'female'), epoch:int=1,
                 holdout=None): # iterator of holdout batches, for schemes that need one
@@ -82,7 +83,7 @@ def evaluate_split(model, loader, device, criterion:Callable, tasks:tuple,
     probs = 1 / (1 + np.exp(-logits))
     rows = [group_auc(probs, y, attrs[a], names, tasks, split, a) for a, names in attributes.items()]
     if len(attributes[sensitive]) == 2:
-        losses = criterion(*to_device((torch.from_numpy(logits), torch.from_numpy(y)), device)).cpu().numpy()
+        losses = criterion(*to_device((torch.from_numpy(logits), torch.from_numpy(y), torch.from_numpy(attrs[sensitive])), device)).cpu().numpy()
         rows.append(penalty_rows(losses, probs, y, attrs[sensitive], split, sensitive))
     return pd.concat(rows, ignore_index=True)
 
@@ -98,6 +99,38 @@ def split_evaluator(loader, device, criterion:Callable, tasks:tuple, attributes:
     return evaluate
 
 # %% ../nbs/07_train.ipynb #07cda93a
+def _face_correct(split, emb, labels, attrs, gallery, criterion, device):
+    "Per-image correctness: head accuracy on train, rank-1 against the train gallery on validation, leave-one-out otherwise."
+    if split == 'train':
+        with torch.no_grad(): pred = criterion.head(torch.from_numpy(emb).to(device)).argmax(1).cpu().numpy()
+        return (pred == labels).astype(float)
+    if split == 'validation': return rank1_correct(emb, attrs['identity'], gallery[0], gallery[2]['identity'])
+    return rank1_correct(emb, attrs['identity'])
+
+# %% ../nbs/07_train.ipynb #0f646d7f
+def evaluate_faces(model, criterion, # a `fairnb.losses.MarginLoss` (its head gives train accuracy)
+                   loaders:dict, # split name ('train', 'validation', 'test') -> unaugmented loader
+                   device, attributes:dict, sensitive:str='sex'):
+    "Long-form rows: accuracy per attribute and group (with gaps), angles per sensitive group, per split."
+    emb = {s: predict(model, l, device, activation=None, desc=s) for s, l in loaders.items()}
+    rows = []
+    for s, (e, y, a) in emb.items():
+        correct = _face_correct(s, e, y, a, emb.get('train'), criterion, device)
+        rows += [group_mean_rows(correct, a[n], names, s, n) for n, names in attributes.items()]
+        ang = class_angles(e, a['identity'], a[sensitive])
+        rows += [group_mean_rows(ang[m], ang.group, attributes[sensitive], s, sensitive, metric=m) for m in ('intra_angle', 'inter_angle')]
+    return pd.concat(rows, ignore_index=True)
+
+def face_evaluator(criterion, loaders:dict, device, attributes:dict, sensitive:str='sex'):
+    "A function model -> {'train_acc_male': ..., 'val_acc_gap': ...} for `fit` (loaders: 'train' and 'validation')."
+    short = {'train': 'train', 'validation': 'val', 'test': 'test'}
+    def evaluate(model):
+        df = evaluate_faces(model, criterion, loaders, device, {sensitive: attributes[sensitive]}, sensitive)
+        acc = df[df.metric == 'accuracy']
+        return {f'{short[r.split]}_acc_{r.group}': r.value for r in acc.itertuples()}
+    return evaluate
+
+# %% ../nbs/07_train.ipynb #276c418d
 def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int, device,
         sensitive:str='sex', group_names:tuple=('male', 'female'),
         evaluate:Callable|None=None, # model -> dict of figures, after each epoch
@@ -106,6 +139,7 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
     "Train `model` for `epochs` epochs; returns the per-epoch history."
     if not (isinstance(epochs, int) and epochs >= 1): raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
     if scheme.needs_holdout and holdout is None: raise ValueError(f'scheme {scheme.name!r} needs a holdout loader: pass holdout=.')
+    scheme.setup(criterion)
     hold, history, bar = cycle(holdout) if holdout is not None else None, [], trange(1, epochs + 1, desc=f'training ({scheme.name})')
     for epoch in bar:
         t0 = time.time(); row = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}

@@ -29,7 +29,7 @@ def test_experiment_notebook_has_one_parameters_cell(nb):
 def test_default_exp_values_are_unique():
     exps = [m.group(1) for p in LIBRARY for c in cells(p) for m in [re.search(r'#\|\s*default_exp\s+(\S+)', source(c))] if m]
     assert len(exps) == len(set(exps)), exps
-    assert {'core', 'data', 'chexpert', 'models', 'losses', 'schemes', 'train', 'metrics', 'report'} <= set(exps)
+    assert {'core', 'data', 'chexpert', 'faces', 'models', 'losses', 'schemes', 'train', 'metrics', 'report'} <= set(exps)
 
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=lambda p: p.name)

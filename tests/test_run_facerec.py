@@ -1,0 +1,73 @@
+"Papermill executions of the face-recognition notebook, each face scheme, on the synthetic CelebA."
+import json
+
+import pandas as pd
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from conftest import run_notebook
+from fairnb.report import read_results
+
+RUNS = {
+    'baseline': dict(scheme='baseline'),
+    'eq_loss_train': dict(scheme='eq_loss', alpha=1.0, penalty_on='train'),
+    'eq_loss_holdout': dict(scheme='eq_loss', alpha=1.0, penalty_on='holdout'),
+    'minmax': dict(scheme='minmax'),
+    'label_flip': dict(scheme='label_flip', flip_group='female', flip_rate=0.2),
+    'margins': dict(scheme='margins', margin=0.75, margin_group='female'),
+}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    out = {}
+    for name, params in RUNS.items():
+        d = tmp_path_factory.mktemp(f'face_{name}')
+        run_notebook('run_facerec.ipynb', d, preset='smoke', out_dir=str(d / 'run'), **params)
+        out[name] = d
+    return out
+
+
+@pytest.mark.parametrize('name', list(RUNS))
+def test_face_results(runs, name):
+    rec, rows = read_results(runs[name] / 'run')
+    assert {k: rec['config'][k] for k in RUNS[name]} == RUNS[name]
+    sex = rows[rows.attribute == 'sex']
+    assert set(sex.task) == {'identification'}
+    for metric, lo, hi in (('accuracy', 0, 1), ('intra_angle', 0, 180), ('inter_angle', 0, 180)):
+        m = sex[sex.metric == metric]
+        assert len(m) == 3 * 3 and set(m.split) == {'train', 'validation', 'test'}
+        assert m[m.group != 'gap'].value.between(lo, hi).all(), m
+        wide = m.pivot(index='split', columns='group', values='value')
+        assert ((wide.male - wide.female - wide.gap).abs() < 1e-9).all()
+    assert set(rows[(rows.attribute == 'age_group')].group) == {'young', 'old', 'gap'}
+    hist = pd.read_csv(runs[name] / 'run' / 'history.csv')
+    assert {'train_loss_male', 'train_loss_female', 'train_acc_gap', 'val_acc_male', 'val_acc_female', 'val_acc_gap'} <= set(hist.columns)
+    assert (runs[name] / 'run' / 'model.pt').stat().st_size > 0
+    if name == 'eq_loss_holdout':
+        assert hist.train_penalty.notna().all()
+
+
+def test_label_flip_relabels_before_training(runs):
+    text = (runs['label_flip'] / 'run_facerec.ipynb').read_text()
+    assert 'relabelled' in text and 'female training images' in text
+
+
+@pytest.mark.parametrize('name', [n for n in RUNS if n != 'baseline'])
+def test_face_schemes_train_differently(runs, name):
+    _, a = read_results(runs['baseline'] / 'run')
+    _, b = read_results(runs[name] / 'run')
+    assert (a.value - b.value).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize('params,message', [
+    (dict(scheme='eq_odds'), "scheme 'eq_odds' is not for faces"),
+    (dict(scheme='margins', margin_group='women'), "margin_group 'women' is not a group"),
+    (dict(scheme='margins', margin=1.2), r'margin must lie in \[0, 1\)'),
+    (dict(backbone='resnet9'), "Unknown model 'resnet9'"),
+    (dict(data_dir='no/such/celeba'), 'does not exist'),
+])
+def test_bad_face_parameters(tmp_path, params, message):
+    with pytest.raises(PapermillExecutionError, match=message):
+        run_notebook('run_facerec.ipynb', tmp_path, **{'preset': 'smoke', 'out_dir': str(tmp_path / 'run'), **params})
+    assert not (tmp_path / 'run' / 'results.json').exists()
