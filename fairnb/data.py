@@ -59,9 +59,10 @@ def split_by_patient(df:pd.DataFrame, # one row per image, with a patient column
 # %% ../nbs/01_data.ipynb #e9921863
 def group_composition(splits:dict, # split name -> DataFrame with an attribute column
                       attribute:str='sex',
-                      normalize:bool=True): # shares instead of counts
+                      normalize:bool=True, # shares instead of counts
+                      names:tuple|None=None): # group names in code order; default `group_names(attribute)`
     "Rows: groups of `attribute`; columns: splits; values: share (or count) of images."
-    names = group_names(attribute)
+    names = names or group_names(attribute)
     cols = {s: df[attribute].value_counts(normalize=normalize).reindex(range(len(names)), fill_value=0).values
             for s, df in splits.items()}
     return pd.DataFrame(cols, index=pd.Index(names, name=attribute))
