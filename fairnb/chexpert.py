@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_chexpert.ipynb #5ca8d2b9
 from __future__ import annotations
-import hashlib, io, math, re, shutil, tempfile
+import math, re, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .core import cache_dir, write_json
+from .core import build_once
 from .data import ImageTable, age_group, encode_sex, split_by_patient
 
 # %% auto #0
@@ -215,17 +215,7 @@ def write_synthetic_chexpert(root, # folder to create: it becomes CheXpert-v1.0-
 def synthetic_chexpert(root=None, # parent folder; default: `fairnb.core.cache_dir()`
                        **kwargs): # passed to `write_synthetic_chexpert`
     "Folder of a synthetic CheXpert for `kwargs`, built on first use."
-    key = hashlib.sha1(repr(sorted(kwargs.items())).encode()).hexdigest()[:10]
-    final = Path(root or cache_dir())/f'synthetic-chexpert-v1-{key}'
-    if not (final/'CheXpert-v1.0-small'/'valid.csv').exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
-        try:
-            write_synthetic_chexpert(tmp/'CheXpert-v1.0-small', **kwargs)
-            write_json(tmp/'params.json', kwargs)
-            shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
-        finally: shutil.rmtree(tmp, ignore_errors=True)
-    return final/'CheXpert-v1.0-small'
+    return build_once('synthetic-chexpert-v1', write_synthetic_chexpert, 'CheXpert-v1.0-small', root, **kwargs)
 
 # %% ../nbs/02_chexpert.ipynb #da63b4de
 VIEWS = ('all', 'frontal', 'lateral')

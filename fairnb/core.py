@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3df4a132
 from __future__ import annotations
-import json, os, random, tempfile
+import hashlib, inspect, json, os, random, shutil, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json', 'write_csv',
-           'prepare_run_dir', 'apply_preset', 'cache_dir']
+           'prepare_run_dir', 'apply_preset', 'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -97,3 +97,22 @@ def apply_preset(params:dict, # notebook parameters, with a 'preset' key
 def cache_dir():
     "Folder for datasets fairnb builds once and reuses."
     return Path(os.environ.get('FAIRNB_CACHE', Path.home()/'.cache'/'fairnb')).expanduser()
+
+# %% ../nbs/00_core.ipynb #e753aed2
+def build_once(name:str, # folder name prefix with the generator's version, e.g. 'synthetic-chexpert-v1'
+               build, # build(folder, **kwargs) writes the dataset into folder
+               subdir:str, # the folder `build` writes, inside the cache entry
+               root=None, # parent folder; default `cache_dir()`
+               **kwargs):
+    "Path of `subdir` in a cache entry built by `build(**kwargs)` on first use."
+    bound = inspect.signature(build).bind(None, **kwargs); bound.apply_defaults()
+    params = dict(list(bound.arguments.items())[1:])
+    final = Path(root or cache_dir())/f"{name}-{hashlib.sha1(repr(sorted(params.items())).encode()).hexdigest()[:10]}"
+    if not (final/'params.json').exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
+        try:
+            build(tmp/subdir, **kwargs); write_json(tmp/'params.json', params)
+            shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
+        finally: shutil.rmtree(tmp, ignore_errors=True)
+    return final/subdir

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_faces.ipynb #cf21fed3
 from __future__ import annotations
-import hashlib, shutil, tempfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .core import cache_dir, write_json
+from .core import build_once
 from .data import ImageTable
 
 # %% auto #0
@@ -175,7 +175,7 @@ def _identity_attrs(rng, female:bool):
 # %% ../nbs/03_faces.ipynb #c19b34d2
 def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
                            n_ids:int=500, min_images:int=6, max_images:int=14, seed:int=0,
-                           female_share:float=0.5, female_jitter:float=2.0):
+                           female_share:float=0.5, female_jitter:float=1.5):
     "Write a synthetic CelebA in torchvision's layout; returns the `celeba` folder."
     root, rng = Path(root), np.random.default_rng(seed); (root/'img_align_celeba').mkdir(parents=True, exist_ok=True)
     people = [(i + 1, rng.random() < female_share) for i in range(n_ids)]
@@ -197,18 +197,9 @@ def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
 # %% ../nbs/03_faces.ipynb #42054944
 def synthetic_celeba(root=None, **kwargs):
     "Folder (`celeba`) of a synthetic CelebA for `kwargs` (see `write_synthetic_celeba`), built on first use."
-    key = hashlib.sha1(repr(sorted(kwargs.items())).encode()).hexdigest()[:10]
-    final = Path(root or cache_dir())/f'synthetic-celeba-v1-{key}'
-    if not (final/'celeba'/'list_landmarks_align_celeba.txt').exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
-        try:
-            write_synthetic_celeba(tmp/'celeba', **kwargs); write_json(tmp/'params.json', kwargs)
-            shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
-        finally: shutil.rmtree(tmp, ignore_errors=True)
-    return final/'celeba'
+    return build_once('synthetic-celeba-v1', write_synthetic_celeba, 'celeba', root, **kwargs)
 
-# %% ../nbs/03_faces.ipynb #03d22a5d
+# %% ../nbs/03_faces.ipynb #3b326bb7
 def face_datasets(frames:dict, img_size:int=112, preload:bool=True, attributes:tuple=('sex', 'age_group')):
     "`ImageTable`s per split, plus the unaugmented 'train_eval'."
     ds = {}
@@ -219,12 +210,12 @@ def face_datasets(frames:dict, img_size:int=112, preload:bool=True, attributes:t
     ds['train_eval'] = ds['train']; ds['train'] = ds['train'].with_transform(face_transform(train=True))
     return ds
 
-# %% ../nbs/03_faces.ipynb #49ad73a5
+# %% ../nbs/03_faces.ipynb #a5504998
 FACE_PRESETS = {
     'smoke': dict(backbone='face_cnn', width=8, emb_size=64, img_size=32, epochs=1, batch_size=128, lr=0.1,
                   milestones=[], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0),
-    'cpu': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=12, batch_size=64, lr=0.1,
-                milestones=[4, 7, 10], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0),
+    'cpu': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=16, batch_size=64, lr=0.1,
+                milestones=[8, 12, 14], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0),
     'paper': dict(backbone='resnet18', width=None, emb_size=512, img_size=112, epochs=120, batch_size=512, lr=0.1,
                   milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8),
 }
