@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #3df4a132
 from __future__ import annotations
-import hashlib, inspect, json, os, random, shutil, tempfile
+import hashlib, inspect, json, os, random, shutil, tempfile, traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json', 'write_csv',
-           'prepare_run_dir', 'apply_preset', 'cache_dir', 'build_once']
+           'prepare_run_dir', 'check_resume_config', 'record_failure', 'apply_preset', 'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -71,20 +72,42 @@ def write_csv(path, df:pd.DataFrame):
     return atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 # %% ../nbs/00_core.ipynb #1b285b85
-RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'failed.json')
+RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json')
 
 def prepare_run_dir(out_dir, # folder for this run's files
-                    overwrite:bool=False): # replace a finished run already there
+                    overwrite:bool=False, # replace a finished run already there
+                    resume:bool=False): # keep an unfinished run's files (its checkpoint) to continue it
     "Create `out_dir` for a new run, refusing to replace a finished run unless `overwrite`."
     out = Path(out_dir)
     if (out/'results.json').exists() and not overwrite:
         raise FileExistsError(f'{out} already holds a finished run (results.json). '
                               'Pass overwrite=True (papermill: -p overwrite True) or choose another out_dir.')
     out.mkdir(parents=True, exist_ok=True)
-    for f in RUN_FILES: (out/f).unlink(missing_ok=True)
+    for f in RUN_FILES:
+        if not (resume and f in ('config.json', 'checkpoint.pt', 'history.csv')): (out/f).unlink(missing_ok=True)
     return out
 
 # %% ../nbs/00_core.ipynb #aa8fea93
+def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite')):
+    "Fail unless `config` matches the config.json of the run being resumed."
+    path = Path(out_dir)/'config.json'
+    if not path.exists(): return config
+    old = read_json(path)
+    diff = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
+    if diff: raise ValueError(f'resume=True but {path} was written with other values for {diff}; '
+                              'resume with the same parameters, or start a new out_dir.')
+    return config
+
+# %% ../nbs/00_core.ipynb #a387b2ed
+@contextmanager
+def record_failure(out_dir):
+    "On an exception in the block, write out_dir/failed.json with the error and traceback, then re-raise."
+    try: yield
+    except BaseException as e:
+        write_json(Path(out_dir)/'failed.json', {'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()})
+        raise
+
+# %% ../nbs/00_core.ipynb #e753aed2
 def apply_preset(params:dict, # notebook parameters, with a 'preset' key
                  presets:dict): # preset name -> default values
     "`params` with each None filled from its preset, plus the preset's other keys."
@@ -93,12 +116,12 @@ def apply_preset(params:dict, # notebook parameters, with a 'preset' key
     p = presets[name]
     return {k: p.get(k) if v is None else v for k, v in params.items()} | {k: v for k, v in p.items() if k not in params}
 
-# %% ../nbs/00_core.ipynb #a387b2ed
+# %% ../nbs/00_core.ipynb #ceaf0c55
 def cache_dir():
     "Folder for datasets fairnb builds once and reuses."
     return Path(os.environ.get('FAIRNB_CACHE', Path.home()/'.cache'/'fairnb')).expanduser()
 
-# %% ../nbs/00_core.ipynb #e753aed2
+# %% ../nbs/00_core.ipynb #3be6b8e4
 def build_once(name:str, # folder name prefix with the generator's version, e.g. 'synthetic-chexpert-v1'
                build, # build(folder, **kwargs) writes the dataset into folder
                subdir:str, # the folder `build` writes, inside the cache entry

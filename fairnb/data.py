@@ -4,18 +4,19 @@
 
 # %% ../nbs/01_data.ipynb #f8cf3020
 from __future__ import annotations
-import copy, math
+import copy, math, warnings
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'AGE_EDGES', 'group_names', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition',
-           'ImageTable']
+           'check_groups', 'drop_bad_images', 'ImageTable']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 ATTRIBUTES = {
@@ -68,6 +69,38 @@ def group_composition(splits:dict, # split name -> DataFrame with an attribute c
     return pd.DataFrame(cols, index=pd.Index(names, name=attribute))
 
 # %% ../nbs/01_data.ipynb #d23b4f6e
+def check_groups(splits:dict, attribute:str, names:tuple):
+    "Fail unless every split holds at least two groups of `attribute`."
+    for split, df in splits.items():
+        present = sorted(df[attribute].unique()) if len(df) else []
+        if len(present) < 2:
+            raise ValueError(f'The {split} split holds only {[names[int(c)] for c in present]} for {attribute}: a gap between groups '
+                             'cannot be measured. Use more data, another seed, or another sensitive attribute.')
+    return splits
+
+# %% ../nbs/01_data.ipynb #cf940bc9
+def _bad_reason(file):
+    try:
+        with Image.open(file) as im: im.verify()
+    except FileNotFoundError: return 'missing'
+    except Exception as e: return f'unreadable ({type(e).__name__})'
+
+def drop_bad_images(df:pd.DataFrame, # with a `file` column
+                    on_bad:str='stop', # 'stop' or 'skip'
+                    split:str=''):
+    "`df` without rows whose image is missing or corrupt; stops instead unless `on_bad='skip'`."
+    if on_bad not in ('stop', 'skip'): raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad!r}.")
+    reasons = [_bad_reason(f) for f in tqdm(df.file, desc=f'checking {split} images', leave=False)]
+    bad = [(f, r) for f, r in zip(df.file, reasons) if r]
+    if bad and on_bad == 'stop':
+        raise OSError(f'{len(bad)} {split} image(s) are missing or corrupt, e.g. {bad[:3]}. '
+                      "Fix the files, or pass on_bad_image='skip' to leave them out (the run reports how many).")
+    if bad: warnings.warn(f'skipping {len(bad)} missing or corrupt {split} image(s), e.g. {bad[0]}')
+    out = df[[r is None for r in reasons]].reset_index(drop=True)
+    out.attrs = {**df.attrs, 'bad_images': [f for f, _ in bad]}
+    return out
+
+# %% ../nbs/01_data.ipynb #7c01dcbf
 class ImageTable(Dataset):
     "Samples `(image, target, attrs)` from a reader, a target array and named attribute arrays."
     def __init__(self, read:Callable, # i -> uint8 image tensor (C, H, W)

@@ -37,10 +37,10 @@ def validate_rows(rows:list): # list of dicts
 
 # %% ../nbs/10_report.ipynb #0dc1ea59
 def write_results(out_dir, config:dict, rows, # list of dicts, or a DataFrame with `ROW_KEYS` columns
-                  seconds:float):
+                  seconds:float, data:dict|None=None): # facts about the data (rows dropped, images skipped)
     "Validate and atomically write `results.json` into `out_dir`."
     if isinstance(rows, pd.DataFrame): rows = rows[list(ROW_KEYS)].to_dict('records')
-    rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__, 'seconds': float(seconds)}
+    rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__, 'seconds': float(seconds), 'data': data or {}}
     return write_json(Path(out_dir)/'results.json', rec)
 
 def read_results(path): # a results.json, or the run folder holding it

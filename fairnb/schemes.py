@@ -45,6 +45,8 @@ class Scheme:
         self.flip_group, self.flip_rate, self.seed, self.logs = flip_group, float(flip_rate), seed, {}
         self.margin, self.margin_group = float(margin), margin_group
     def setup(self, criterion): "Configure the criterion (e.g. a margin head) once, before training."
+    def state_dict(self): return {}   # state a checkpoint must keep (label flipping's random generator)
+    def load_state_dict(self, state): pass
     def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return out.losses.mean()
     def __repr__(self): return f'{type(self).__name__}(alpha={self.alpha}, penalty_on={self.penalty_on!r})'
@@ -118,6 +120,8 @@ class LabelFlip(Scheme):
         super().__init__(**kwargs)
         if self.flip_group is None: raise ValueError(f'label_flip needs flip_group, one of {self.group_names}.')
         self.flip_code, self.rng = self.group_names.index(self.flip_group), torch.Generator().manual_seed(self.seed)
+    def state_dict(self): return {'rng': self.rng.get_state()}
+    def load_state_dict(self, state): self.rng.set_state(state['rng'])
     def targets(self, targets:torch.Tensor, groups:torch.Tensor):
         pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
         self.logs = {'flipped': int(pick.sum())}
