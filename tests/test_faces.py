@@ -89,3 +89,13 @@ def test_flip_identities_keeps_groups(celeba):
     sex_of = s['train'].drop_duplicates('label').set_index('label').sex
     assert f.flipped.sum() == round(0.3 * (s['train'].sex == 0).sum())
     assert (sex_of[f.label[f.flipped]].values == 0).all()
+
+
+def test_attribute_file_without_male_column(celeba, tmp_path):
+    import shutil
+    bad = tmp_path / 'celeba'
+    shutil.copytree(celeba, bad)
+    text = (bad / 'list_attr_celeba.txt').read_text().replace(' Male ', ' Masculine ', 1)
+    (bad / 'list_attr_celeba.txt').write_text(text)
+    with pytest.raises(ValueError, match=r"lacks attribute column\(s\) \['Male'\]"):
+        read_celeba(bad)

@@ -98,3 +98,27 @@ def test_crafted_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match='loaded safely'):
         load_checkpoint(tmp_path / 'checkpoint.pt')
     assert not (tmp_path / 'pwned').exists()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
+    "A loss that turns NaN in epoch 2 stops training naming the batch; the checkpoint still holds epoch 1."
+    import torch
+    from torch.utils.data import DataLoader
+    from fairnb.data import ImageTable
+    from fairnb.losses import weighted_bce
+    from fairnb.schemes import get_scheme
+    from fairnb.train import fit
+    x, y = torch.randn(64, 2), (torch.rand(64, 2) > 0.5).float()
+    ds = ImageTable(lambda i: x[i], y.numpy(), {'sex': (torch.arange(64) % 2).numpy()})
+    calls = {'n': 0}
+    def criterion(out, t, g):
+        calls['n'] += 1
+        loss = weighted_bce(out, t)
+        return loss * float('nan') if calls['n'] == 6 else loss        # epoch 2 (4 batches an epoch), second batch
+    m = torch.nn.Linear(2, 2)
+    with pytest.raises(FloatingPointError, match='at epoch 2, batch 1'):
+        fit(m, DataLoader(ds, batch_size=16), criterion, get_scheme('baseline'), torch.optim.SGD(m.parameters(), 0.1), 3, 'cpu',
+            checkpoint=tmp_path / 'checkpoint.pt')
+    state = load_checkpoint(tmp_path / 'checkpoint.pt')
+    assert state['epoch'] == 1 and len(state['history']) == 1
+    assert all(torch.isfinite(v).all() for v in state['model'].values())
