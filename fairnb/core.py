@@ -14,7 +14,8 @@ import torch
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json', 'write_csv',
-           'prepare_run_dir', 'check_resume_config', 'record_failure', 'apply_preset', 'cache_dir', 'build_once']
+           'prepare_run_dir', 'check_resume_config', 'record_failure', 'apply_preset', 'check_config', 'cache_dir',
+           'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -117,11 +118,25 @@ def apply_preset(params:dict, # notebook parameters, with a 'preset' key
     return {k: p.get(k) if v is None else v for k, v in params.items()} | {k: v for k, v in p.items() if k not in params}
 
 # %% ../nbs/00_core.ipynb #ceaf0c55
+def check_config(config:dict, positive_ints=(), # keys that must be integers >= 1
+                 positive=(), # keys that must be numbers > 0
+                 choices:dict|None=None): # key -> allowed values
+    "Validate `config`; returns it unchanged."
+    for k in positive_ints:
+        v = config[k]
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): raise ValueError(f'{k} must be an integer >= 1, got {v!r}.')
+    for k in positive:
+        if not (isinstance(config[k], (int, float)) and config[k] > 0): raise ValueError(f'{k} must be > 0, got {config[k]!r}.')
+    for k, allowed in (choices or {}).items():
+        if config[k] not in allowed: raise ValueError(f'{k} must be one of {tuple(allowed)}, got {config[k]!r}.')
+    return config
+
+# %% ../nbs/00_core.ipynb #3be6b8e4
 def cache_dir():
     "Folder for datasets fairnb builds once and reuses."
     return Path(os.environ.get('FAIRNB_CACHE', Path.home()/'.cache'/'fairnb')).expanduser()
 
-# %% ../nbs/00_core.ipynb #3be6b8e4
+# %% ../nbs/00_core.ipynb #75f62089
 def build_once(name:str, # folder name prefix with the generator's version, e.g. 'synthetic-chexpert-v1'
                build, # build(folder, **kwargs) writes the dataset into folder
                subdir:str, # the folder `build` writes, inside the cache entry
