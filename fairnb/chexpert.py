@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_chexpert.ipynb #5ca8d2b9
 from __future__ import annotations
-import math, re, tempfile
+import math, re
 from pathlib import Path
 
 import numpy as np

@@ -5,7 +5,7 @@
 # %% ../nbs/01_data.ipynb #f8cf3020
 from __future__ import annotations
 import copy, math, warnings
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pandas as pd

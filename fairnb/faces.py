@@ -4,7 +4,6 @@
 
 # %% ../nbs/03_faces.ipynb #cf21fed3
 from __future__ import annotations
-import tempfile
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 "Reliability end to end: a killed run resumes exactly; bad data is refused clearly or skipped and counted."
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -1,5 +1,4 @@
 "Papermill executions of the face-recognition notebook, each face scheme, on the synthetic CelebA."
-import json
 
 import pandas as pd
 import pytest
