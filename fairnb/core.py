@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json', 'write_csv',
-           'prepare_run_dir', 'check_resume_config', 'record_failure', 'apply_preset', 'check_config', 'cache_dir',
-           'build_once']
+__all__ = ['RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json',
+           'write_csv', 'prepare_run_dir', 'config_differences', 'check_resume_config', 'record_failure',
+           'apply_preset', 'check_config', 'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -73,7 +73,9 @@ def write_csv(path, df:pd.DataFrame):
     return atomic_write_bytes(path, df.to_csv(index=False).encode())
 
 # %% ../nbs/00_core.ipynb #1b285b85
-RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json')
+RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json',
+             'backbone_history.csv', 'backbone_checkpoint.pt')   # the last two: a fair-features run's own backbone
+KEPT_ON_RESUME = ('config.json', 'checkpoint.pt', 'history.csv', 'backbone_checkpoint.pt', 'backbone_history.csv')
 
 def prepare_run_dir(out_dir, # folder for this run's files
                     overwrite:bool=False, # replace a finished run already there
@@ -85,16 +87,21 @@ def prepare_run_dir(out_dir, # folder for this run's files
                               'Pass overwrite=True (papermill: -p overwrite True) or choose another out_dir.')
     out.mkdir(parents=True, exist_ok=True)
     for f in RUN_FILES:
-        if not (resume and f in ('config.json', 'checkpoint.pt', 'history.csv')): (out/f).unlink(missing_ok=True)
+        if not (resume and f in KEPT_ON_RESUME): (out/f).unlink(missing_ok=True)
     return out
 
 # %% ../nbs/00_core.ipynb #aa8fea93
+def config_differences(old:dict, new:dict, keys=None, # compare only these; None: every key of either
+                       ignore=()):
+    "Sorted keys whose values differ between two configurations."
+    keys = set(old) | set(new) if keys is None else keys
+    return sorted(k for k in keys if k not in ignore and old.get(k) != new.get(k))
+
 def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite')):
     "Fail unless `config` matches the config.json of the run being resumed."
     path = Path(out_dir)/'config.json'
     if not path.exists(): return config
-    old = read_json(path)
-    diff = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
+    diff = config_differences(read_json(path), config, ignore=ignore)
     if diff: raise ValueError(f'resume=True but {path} was written with other values for {diff}; '
                               'resume with the same parameters, or start a new out_dir.')
     return config

@@ -13,13 +13,14 @@ from PIL import Image
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .core import build_once
+from .core import build_once, config_differences, read_json
 from .data import ImageTable
 
 # %% auto #0
-__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'FACE_ATTRIBUTES', 'CELEBA_FILES', 'FACE_CROP', 'FACE_PRESETS', 'face_attribute_groups',
-           'find_celeba_dir', 'read_celeba', 'face_splits', 'read_face', 'face_transform', 'flip_identities',
-           'face_code', 'draw_face', 'write_synthetic_celeba', 'synthetic_celeba', 'face_datasets']
+__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'FACE_ATTRIBUTES', 'CELEBA_FILES', 'FACE_CROP', 'BACKBONE_KEYS', 'FACE_PRESETS',
+           'face_attribute_groups', 'find_celeba_dir', 'read_celeba', 'face_splits', 'read_face', 'face_transform',
+           'flip_identities', 'face_code', 'draw_face', 'write_synthetic_celeba', 'synthetic_celeba', 'face_datasets',
+           'backbone_run']
 
 # %% ../nbs/03_faces.ipynb #19d877bf
 CELEBA_ATTRS = tuple('''5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair
@@ -177,7 +178,9 @@ def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
                            female_share:float=0.5, female_jitter:float=1.5):
     "Write a synthetic CelebA in torchvision's layout; returns the `celeba` folder."
     root, rng = Path(root), np.random.default_rng(seed); (root/'img_align_celeba').mkdir(parents=True, exist_ok=True)
-    people = [(i + 1, rng.random() < female_share) for i in range(n_ids)]
+    women = set(np.random.default_rng([seed, 1]).permutation(n_ids)[:round(female_share * n_ids)].tolist())   # a stream of its own:
+    # face_splits shuffles identities with default_rng(seed) too, and must not pick test people by sex
+    people = [(i + 1, i in women) for i in range(n_ids)]
     people = [(i, f, face_code(rng, f), _identity_attrs(rng, f), int(rng.integers(min_images, max_images + 1))) for i, f in people]
     order = rng.permutation([p for p in range(n_ids) for _ in range(people[p][4])])
     ident, attrs, marks = [], [], []
@@ -196,7 +199,7 @@ def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
 # %% ../nbs/03_faces.ipynb #42054944
 def synthetic_celeba(root=None, **kwargs):
     "Folder (`celeba`) of a synthetic CelebA for `kwargs` (see `write_synthetic_celeba`), built on first use."
-    return build_once('synthetic-celeba-v1', write_synthetic_celeba, 'celeba', root, **kwargs)
+    return build_once('synthetic-celeba-v2', write_synthetic_celeba, 'celeba', root, **kwargs)
 
 # %% ../nbs/03_faces.ipynb #3b326bb7
 def face_datasets(frames:dict, img_size:int=112, preload:bool=True, attributes:tuple=('sex', 'age_group')):
@@ -210,11 +213,32 @@ def face_datasets(frames:dict, img_size:int=112, preload:bool=True, attributes:t
     return ds
 
 # %% ../nbs/03_faces.ipynb #a5504998
+BACKBONE_KEYS = ('data_dir', 'female_share', 'seed', 'n_test_ids', 'backbone', 'emb_size', 'img_size', 'width')
+
+def backbone_run(path, # a run_facerec run folder, or the model.pt in it
+                 config:dict): # this run's configuration
+    "The model.pt of a finished face run whose split and architecture match `config`."
+    path = Path(path); run = path if path.is_dir() else path.parent
+    model = run/'model.pt' if path.is_dir() else path
+    if not path.exists(): raise FileNotFoundError(f'backbone_checkpoint {str(path)!r} does not exist; pass the folder of a finished run_facerec run.')
+    if not model.exists(): raise FileNotFoundError(f'backbone_checkpoint {str(path)!r} holds no model.pt; is the run finished?')
+    if not (run/'config.json').exists():
+        raise FileNotFoundError(f'backbone_checkpoint {str(path)!r}: no config.json beside {model.name}, so the data split it was trained on cannot be checked.')
+    old = read_json(run/'config.json')
+    diff = config_differences(old, config, keys=BACKBONE_KEYS)
+    if diff: raise ValueError(f'backbone_checkpoint {str(run)!r} was trained with other ' + ', '.join(f'{k}={old.get(k)!r} (here {config.get(k)!r})' for k in diff)
+                              + '; use the same data, seed, preset and backbone, or leave backbone_checkpoint=None to train one here.')
+    return model
+
+# %% ../nbs/03_faces.ipynb #6450e136
 FACE_PRESETS = {
     'smoke': dict(backbone='face_cnn', width=8, emb_size=64, img_size=32, epochs=1, batch_size=128, lr=0.1,
-                  milestones=[], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0),
+                  milestones=[], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
+                  sirn_epochs=2, sirn_lr=1e-3, disc_lr=1e-3),
     'cpu': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=16, batch_size=64, lr=0.1,
-                milestones=[8, 12, 14], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0),
+                milestones=[8, 12, 14], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
+                sirn_epochs=30, sirn_lr=1e-3, disc_lr=1e-3),
     'paper': dict(backbone='resnet18', width=None, emb_size=512, img_size=112, epochs=120, batch_size=512, lr=0.1,
-                  milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8),
+                  milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8,
+                  sirn_epochs=30, sirn_lr=1e-3, disc_lr=1e-3),
 }

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['pos_weights', 'weighted_bce', 'group_losses', 'minmax_loss', 'equal_loss_penalty', 'equalized_odds_penalty',
-           'disparate_impact_penalty', 'focal_loss', 'MarginLoss']
+           'disparate_impact_penalty', 'focal_loss', 'MarginLoss', 'fixed_class_regularizer']
 
 # %% ../nbs/05_losses.ipynb #721caa69
 def pos_weights(targets:torch.Tensor, # (N, T) 0/1 training labels
@@ -109,3 +109,11 @@ class MarginLoss(torch.nn.Module):
     def forward(self, emb, targets, groups=None):
         m = self.margins(groups) if groups is not None else None
         return focal_loss(self.head(emb, targets, m), targets, self.gamma)
+
+# %% ../nbs/05_losses.ipynb #5b780329
+def fixed_class_regularizer(logits:torch.Tensor, # (B, C) sensitive-head logits on phi(x)
+                            target:int, # the fixed class s every image is pushed towards
+                            c:float=0.9): # the probability aimed at
+    "Per-sample `log(1 + |c - softmax(logits)[:, target]|)`, Appendix A's adversarial term."
+    p = torch.softmax(logits, 1)[:, target]
+    return torch.log1p((c - p).abs())

@@ -13,21 +13,24 @@ from torch import nn
 import torchvision
 
 # %% auto #0
-__all__ = ['MODELS', 'load_weights', 'densenet121', 'SmallCNN', 'FaceResNet', 'FaceCNN', 'CosFace', 'check_model_name',
-           'create_model']
+__all__ = ['MODELS', 'load_weights', 'densenet121', 'SmallCNN', 'FaceResNet', 'FaceCNN', 'CosFace', 'mlp', 'SIRN',
+           'SensitiveHead', 'check_model_name', 'create_model']
 
 # %% ../nbs/04_models.ipynb #65007652
 _OLD_DENSENET_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
 
 def load_weights(model:nn.Module, # model to load into
                  path, # a state-dict file (.pth/.pt)
-                 skip_mismatched:bool=True): # drop tensors whose shapes differ (e.g. an ImageNet classifier)
+                 skip_mismatched:bool=True, # drop tensors whose shapes differ (e.g. an ImageNet classifier)
+                 key:str|None=None): # read this entry of a file holding several state dicts (a run's `model.pt`)
     "Load a state dict from `path` safely; returns the list of keys left at their initial values."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'weights_path {str(path)!r} does not exist; pass a local state-dict file or None.')
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise ValueError(f'{path} is not a plain weights file that can be loaded safely ({type(e).__name__}: {e}).') from None
-    state = state.get('model', state) if isinstance(state, dict) else state
+    if key is not None and not (isinstance(state, dict) and isinstance(state.get(key), dict)):
+        raise ValueError(f'{path} has no {key!r} entry (it holds {list(state)[:6]}); is it a model.pt written by a fairnb run?')
+    state = state[key] if key is not None else state.get('model', state) if isinstance(state, dict) else state
     state = {_OLD_DENSENET_KEY.sub(r'\1\2', k): v for k, v in state.items()}
     own = model.state_dict()
     if skip_mismatched: state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -95,6 +98,24 @@ class CosFace(nn.Module):
         return self.s * (cos - m.reshape(-1, 1) * F.one_hot(labels.long(), cos.shape[1]))
 
 # %% ../nbs/04_models.ipynb #56300358
+def mlp(sizes:list): # layer widths, input first: len(sizes) - 1 linear layers
+    "Linear layers with a ReLU between consecutive ones (none after the last)."
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU(inplace=True))]
+    return nn.Sequential(*layers[:-1])
+
+class SIRN(nn.Sequential):
+    "Sensitive information removal network: 4 linear layers with ReLU, `emb_size` -> `emb_size`."
+    def __init__(self, emb_size:int=512, hidden:int|None=None): # hidden width; None: emb_size
+        h = hidden or emb_size
+        super().__init__(*mlp([emb_size, h, h, h, emb_size]))
+
+class SensitiveHead(nn.Sequential):
+    "The discriminator: 3 linear layers with ReLU, `emb_size` -> `n_groups` logits."
+    def __init__(self, emb_size:int=512, n_groups:int=2, hidden:int|None=None): # hidden width; None: emb_size // 2
+        h = hidden or max(emb_size // 2, 2)
+        super().__init__(*mlp([emb_size, h, h, n_groups]))
+
+# %% ../nbs/04_models.ipynb #6d35bfa0
 MODELS = {'densenet121': densenet121, 'small_cnn': SmallCNN,
           'resnet18': lambda **kw: FaceResNet(18, **kw), 'resnet152': lambda **kw: FaceResNet(152, **kw), 'face_cnn': FaceCNN}
 

@@ -16,7 +16,8 @@ import fairnb
 from .core import read_json, write_json
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'SPLITS', 'validate_rows', 'write_results', 'read_results', 'paper_table', 'plot_groups', 'plot_history']
+__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'paper_table', 'plot_groups',
+           'plot_history', 'sirn_table', 'plot_game']
 
 # %% ../nbs/10_report.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
@@ -95,5 +96,42 @@ def plot_history(history:pd.DataFrame, groups:tuple=('male', 'female'),
     axs[1].set(title=f'validation {metric} per group', xlabel='epoch')
     axs[2].set(title=f'{metric} gap ({groups[0]} - {groups[-1]})', xlabel='epoch')
     for a in axs: a.legend()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/10_report.ipynb #5a7fcd9c
+PAPER_TABLE3 = pd.DataFrame(
+    [('female', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 93.6, 87.3, 6.3, 68.5), (2, 92.9, 85.2, 7.7, 44.0), (3, 92.2, 83.8, 8.4, 44.0))]
+    + [('male', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 92.1, 88.8, 3.3, 56.0), (2, 89.6, 87.2, 2.4, 56.0), (3, 87.7, 85.9, 1.8, 56.0))],
+    columns=['penalized', 'alpha', 'MALE', 'FEMALE', 'GAP', 'SENS ACC']).set_index(['penalized', 'alpha'])
+
+def sirn_table(runs): # iterable of run folders, or of (config, rows) pairs
+    "Table 3's layout in percent: test accuracy per group, the gap and the discriminator's accuracy, per (penalized, alpha)."
+    out = []
+    for run in runs:
+        if isinstance(run, (str, Path)): rec, rows = read_results(run); config = rec['config']
+        else: config, rows = run
+        test = rows[(rows.split == 'test') & (rows.attribute == config['sensitive']) & (rows.task == 'identification')]
+        acc = test[test.metric == 'accuracy'].set_index('group').value
+        sens = test[(test.metric == 'sensitive_accuracy') & (test.group == 'all')].value
+        if sens.empty: raise ValueError(f"a run of scheme {config.get('scheme')!r} has no sensitive_accuracy rows; sirn_table reads fair_features runs.")
+        probe = test[(test.metric == 'probe_accuracy') & (test.group == 'all')].value
+        out.append({'penalized': config['penalized_group'], 'alpha': config['alpha'], **{g.upper(): 100 * v for g, v in acc.items()},
+                    'SENS ACC': 100 * sens.item(), **({'PROBE ACC': 100 * probe.item()} if len(probe) else {})})
+    return pd.DataFrame(out).set_index(['penalized', 'alpha']).sort_index()
+
+# %% ../nbs/10_report.ipynb #7003122f
+def plot_game(history:pd.DataFrame, groups:tuple=('male', 'female')):
+    "Four panels: SIRN losses, discriminator loss, discriminator accuracy per group, validation accuracy per group."
+    fig, axs = plt.subplots(1, 4, figsize=(18, 3.2))
+    for col, label in (('train_loss', 'recognition (focal)'), ('train_penalty', 'regulariser')):
+        axs[0].plot(history.epoch, history[col], marker='o', label=label)
+    axs[1].plot(history.epoch, history.train_disc_loss, marker='o', color='C3', label='cross-entropy')
+    for i, g in enumerate(groups):
+        axs[2].plot(history.epoch, history[f'val_sens_acc_{g}'], marker='o', ls='--' if i == 0 else '-', label=g)
+        axs[3].plot(history.epoch, history[f'val_acc_{g}'], marker='o', ls='--' if i == 0 else '-', label=g)
+    axs[2].plot(history.epoch, history.val_sens_acc, color='grey', label='all'); axs[2].set_ylim(-0.05, 1.05)
+    titles = ('SIRN: its two terms', 'discriminator: loss', 'discriminator: validation accuracy', 'validation rank-1 accuracy')
+    for a, t in zip(axs, titles): a.set(title=t, xlabel='epoch'); a.legend()
     fig.tight_layout()
     return fig

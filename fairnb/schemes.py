@@ -8,11 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import disparate_impact_penalty, equal_loss_penalty, equalized_odds_penalty, minmax_loss
+import torch.nn.functional as F
+
+from .losses import disparate_impact_penalty, equal_loss_penalty, equalized_odds_penalty, fixed_class_regularizer, minmax_loss
+from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['PENALTY_ON', 'SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme',
-           'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip', 'Margins']
+__all__ = ['PENALTY_ON', 'ADVERSARY_ON', 'SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax',
+           'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -24,7 +27,7 @@ class BatchOut:
     groups: torch.Tensor   # (B,) codes of the sensitive attribute
 
 # %% ../nbs/06_schemes.ipynb #1c4a6fc3
-PENALTY_ON = ('train', 'holdout')
+PENALTY_ON, ADVERSARY_ON = ('train', 'holdout'), ('all', 'penalized')
 
 class Scheme:
     "Base scheme: the mean task loss (empirical risk minimisation)."
@@ -34,16 +37,23 @@ class Scheme:
                  penalty_on:str='train', # 'train' or 'holdout': the batches a penalty is computed on
                  flip_group:str|None=None, flip_rate:float=0.0, # label flipping: whose labels, how often
                  margin:float=0.75, margin_group:str|None=None, # adjusted margins: the margin of margin_group
+                 penalized_group:str|None=None, # fair features: the group whose features are pushed to the other class
+                 adversary_on:str='all', # fair features: 'all' images in the regulariser, or only the 'penalized' group's
+                 disc_steps:int=1, disc_lr:float=1e-3, # fair features: discriminator updates per batch, its Adam rate
                  seed:int=0): # seed of the scheme's own randomness
         if not alpha >= 0: raise ValueError(f'alpha must be a number >= 0, got {alpha!r}.')
         if not 0 <= flip_rate <= 1: raise ValueError(f'flip_rate must lie in [0, 1], got {flip_rate!r}.')
         if penalty_on not in PENALTY_ON: raise ValueError(f'penalty_on must be one of {PENALTY_ON}, got {penalty_on!r}.')
-        for k, v in (('flip_group', flip_group), ('margin_group', margin_group)):
+        if adversary_on not in ADVERSARY_ON: raise ValueError(f'adversary_on must be one of {ADVERSARY_ON}, got {adversary_on!r}.')
+        if not (isinstance(disc_steps, int) and disc_steps >= 1): raise ValueError(f'disc_steps must be an integer >= 1, got {disc_steps!r}.')
+        if not disc_lr > 0: raise ValueError(f'disc_lr must be a number > 0, got {disc_lr!r}.')
+        for k, v in (('flip_group', flip_group), ('margin_group', margin_group), ('penalized_group', penalized_group)):
             if v is not None and v not in group_names: raise ValueError(f'{k} {v!r} is not a group of the sensitive attribute {tuple(group_names)}.')
         if not 0 <= margin < 1: raise ValueError(f'margin must lie in [0, 1) (a cosine margin), got {margin!r}.')
         self.group_names, self.n_groups, self.alpha, self.penalty_on = tuple(group_names), len(group_names), float(alpha), penalty_on
         self.flip_group, self.flip_rate, self.seed, self.logs = flip_group, float(flip_rate), seed, {}
         self.margin, self.margin_group = float(margin), margin_group
+        self.penalized_group, self.adversary_on, self.disc_steps, self.disc_lr = penalized_group, adversary_on, disc_steps, float(disc_lr)
     def setup(self, criterion): "Configure the criterion (e.g. a margin head) once, before training."
     def state_dict(self): return {}   # state a checkpoint must keep (label flipping's random generator)
     def load_state_dict(self, state): pass
@@ -140,3 +150,45 @@ class Margins(Scheme):
         if not hasattr(criterion, 'set_group_margins'):
             raise TypeError('the margins scheme needs a margin-head criterion (fairnb.losses.MarginLoss), as in face recognition.')
         criterion.set_group_margins({self.group_names.index(self.margin_group): self.margin})
+
+# %% ../nbs/06_schemes.ipynb #f3358f37
+@register_scheme
+class FairFeatures(Scheme):
+    "Recognition loss plus `alpha` times the fixed-class regulariser, against a discriminator trained on the true groups."
+    name = 'fair_features'
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.n_groups != 2: raise ValueError(f'fair_features plays a two-group game; the sensitive attribute has {self.group_names}.')
+        if self.penalized_group is None: raise ValueError(f'fair_features needs penalized_group, one of {self.group_names}.')
+        self.penalized = self.group_names.index(self.penalized_group)
+        self.target = 1 - self.penalized   # the class every image is pushed towards
+        self.discriminator, self.disc_optimizer = None, None
+    def setup(self, criterion):
+        if self.discriminator is not None: return
+        w = getattr(getattr(criterion, 'head', None), 'weight', None)
+        if w is None: raise TypeError('fair_features needs a margin-head criterion (fairnb.losses.MarginLoss) on the SIRN.')
+        with torch.random.fork_rng(devices=[]):   # its own seed: the SIRN's random stream is left as it was
+            torch.manual_seed(self.seed); self.discriminator = SensitiveHead(w.shape[1], self.n_groups).to(w.device)
+        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr)
+    def state_dict(self): return {'discriminator': self.discriminator.state_dict(), 'optimizer': self.disc_optimizer.state_dict()}
+    def load_state_dict(self, state):
+        self.discriminator.load_state_dict(state['discriminator']); self.disc_optimizer.load_state_dict(state['optimizer'])
+    def step_discriminator(self, feats:torch.Tensor, groups:torch.Tensor):
+        "`disc_steps` updates on detached features; the loss and accuracy before the last one."
+        for _ in range(self.disc_steps):
+            logits = self.discriminator(feats.detach())
+            loss = F.cross_entropy(logits, groups.long())
+            self.disc_optimizer.zero_grad(set_to_none=True); loss.backward(); self.disc_optimizer.step()
+        return loss.item(), (logits.argmax(1) == groups).float().mean().item()
+    def regularizer(self, feats:torch.Tensor, groups:torch.Tensor):
+        "The mean fixed-class regulariser over the images `adversary_on` names."
+        reg = fixed_class_regularizer(self.discriminator(feats), self.target)
+        if self.adversary_on == 'penalized': reg = reg[groups == self.penalized]
+        return reg.mean() if len(reg) else reg.sum()   # a batch without the penalised group: 0
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        if self.discriminator is None: raise RuntimeError('fair_features: call setup(criterion) first (fit does).')
+        d_loss, d_acc = self.step_discriminator(out.logits, out.groups)
+        pen = self.regularizer(out.logits, out.groups)
+        self.logs = {'penalty': pen.item(), 'disc_loss': d_loss, 'disc_acc': d_acc}
+        return out.losses.mean() + self.alpha * pen
+    def __repr__(self): return f'FairFeatures(alpha={self.alpha}, penalized_group={self.penalized_group!r}, adversary_on={self.adversary_on!r}, disc_steps={self.disc_steps})'

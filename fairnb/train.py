@@ -14,14 +14,16 @@ import torch
 from tqdm.auto import tqdm, trange
 
 from .core import atomic_write_bytes
+from .data import ImageTable
 from .losses import group_losses
+from .models import SensitiveHead
 from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_correct
 from .schemes import BatchOut, Scheme
 
 # %% auto #0
 __all__ = ['to_device', 'batch_out', 'cycle', 'train_epoch', 'predict', 'evaluate_split', 'split_evaluator', 'evaluate_faces',
            'face_evaluator', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'restore_checkpoint',
-           'fit']
+           'fit', 'embed_splits', 'evaluate_discriminator', 'discriminator_evaluator', 'probe_sensitive']
 
 # %% ../nbs/07_train.ipynb #927aa41f
 def to_device(x, device):
@@ -203,3 +205,52 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         if checkpoint is not None: save_checkpoint(checkpoint, epoch, history, **parts)
         bar.set_postfix({k: round(v, 3) for k, v in row.items() if k.startswith('val_auc') or k == 'train_loss'})
     return pd.DataFrame(history)
+
+# %% ../nbs/07_train.ipynb #7330056d
+def embed_splits(backbone, loaders:dict, device):
+    "Split -> `ImageTable` of the frozen `backbone`'s embeddings, with the targets and attributes."
+    out = {}
+    for split, loader in loaders.items():
+        emb, y, attrs = predict(backbone, loader, device, activation=None, desc=f'embed {split}')
+        table = torch.from_numpy(emb)
+        out[split] = ImageTable(lambda i, t=table: t[i], y, attrs)
+    return out
+
+# %% ../nbs/07_train.ipynb #993b1666
+@torch.no_grad()
+def evaluate_discriminator(model, discriminator, loaders:dict, device,
+                           group_names:tuple=('male', 'female'), sensitive:str='sex',
+                           metric:str='sensitive_accuracy'): # the rows' metric name
+    "Long-form rows: the discriminator's accuracy on `model`'s features, per split, overall and per group."
+    rows = []
+    for split, loader in loaders.items():
+        feats, _, attrs = predict(model, loader, device, activation=None, desc=f'{split} features')
+        discriminator.eval()
+        pred = discriminator(torch.from_numpy(feats).to(device)).argmax(1).cpu().numpy()
+        correct = (pred == attrs[sensitive]).astype(float)
+        rows += [group_mean_rows(correct, attrs[sensitive], group_names, split, sensitive, metric=metric),
+                 pd.DataFrame([dict(split=split, attribute=sensitive, group='all', task='identification',
+                                    metric=metric, value=float(correct.mean()))])]
+    return pd.concat(rows, ignore_index=True)
+
+def discriminator_evaluator(scheme, loader, device, group_names:tuple=('male', 'female'), sensitive:str='sex'):
+    "A function model -> {'val_sens_acc': ..., 'val_sens_acc_male': ...} for `fit`, reading `scheme.discriminator`."
+    def evaluate(model):
+        df = evaluate_discriminator(model, scheme.discriminator, {'validation': loader}, device, group_names, sensitive)
+        return {('val_sens_acc' if r.group == 'all' else f'val_sens_acc_{r.group}'): r.value for r in df.itertuples()}
+    return evaluate
+
+# %% ../nbs/07_train.ipynb #9798b846
+def probe_sensitive(model, loader, device, n_groups:int=2, sensitive:str='sex',
+                    steps:int=2000, lr:float=1e-3, batch_size:int=256, seed:int=0):
+    "A fresh `SensitiveHead` trained (Adam, cross-entropy, `steps` batches) to read `sensitive` from `model`'s frozen features on `loader`."
+    feats, _, attrs = predict(model, loader, device, activation=None, desc='probe features')
+    x, g = torch.from_numpy(feats).to(device), torch.as_tensor(attrs[sensitive]).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); probe = SensitiveHead(x.shape[1], n_groups).to(device)
+    opt, order = torch.optim.Adam(probe.parameters(), lr=lr), torch.Generator().manual_seed(seed)
+    batches = (idx for _ in iter(int, 1) for idx in torch.randperm(len(x), generator=order).split(batch_size))
+    for _, idx in zip(trange(steps, desc='probe', leave=False), batches):
+        loss = torch.nn.functional.cross_entropy(probe(x[idx.to(device)]), g[idx.to(device)])
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    return probe.eval()
