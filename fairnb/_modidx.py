@@ -189,6 +189,7 @@ d = { 'settings': { 'branch': 'main',
                               'fairnb.train.rng_state': ('train.html#rng_state', 'fairnb/train.py'),
                               'fairnb.train.save_checkpoint': ('train.html#save_checkpoint', 'fairnb/train.py'),
                               'fairnb.train.set_rng_state': ('train.html#set_rng_state', 'fairnb/train.py'),
+                              'fairnb.train.shuffled_batches': ('train.html#shuffled_batches', 'fairnb/train.py'),
                               'fairnb.train.split_evaluator': ('train.html#split_evaluator', 'fairnb/train.py'),
                               'fairnb.train.to_device': ('train.html#to_device', 'fairnb/train.py'),
                               'fairnb.train.train_epoch': ('train.html#train_epoch', 'fairnb/train.py')}}}

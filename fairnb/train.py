@@ -23,7 +23,8 @@ from .schemes import BatchOut, Scheme
 # %% auto #0
 __all__ = ['to_device', 'batch_out', 'cycle', 'train_epoch', 'predict', 'evaluate_split', 'split_evaluator', 'evaluate_faces',
            'face_evaluator', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'restore_checkpoint',
-           'fit', 'embed_splits', 'evaluate_discriminator', 'discriminator_evaluator', 'probe_sensitive']
+           'fit', 'embed_splits', 'evaluate_discriminator', 'discriminator_evaluator', 'shuffled_batches',
+           'probe_sensitive']
 
 # %% ../nbs/07_train.ipynb #927aa41f
 def to_device(x, device):
@@ -241,6 +242,10 @@ def discriminator_evaluator(scheme, loader, device, group_names:tuple=('male', '
     return evaluate
 
 # %% ../nbs/07_train.ipynb #9798b846
+def shuffled_batches(n:int, batch_size:int, generator:torch.Generator):
+    "Index batches over `n` samples without end, a fresh permutation for each pass."
+    while True: yield from torch.randperm(n, generator=generator).split(batch_size)
+
 def probe_sensitive(model, loader, device, n_groups:int=2, sensitive:str='sex',
                     steps:int=2000, lr:float=1e-3, batch_size:int=256, seed:int=0):
     "A fresh `SensitiveHead` trained (Adam, cross-entropy, `steps` batches) to read `sensitive` from `model`'s frozen features on `loader`."
@@ -249,8 +254,7 @@ def probe_sensitive(model, loader, device, n_groups:int=2, sensitive:str='sex',
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); probe = SensitiveHead(x.shape[1], n_groups).to(device)
     opt, order = torch.optim.Adam(probe.parameters(), lr=lr), torch.Generator().manual_seed(seed)
-    batches = (idx for _ in iter(int, 1) for idx in torch.randperm(len(x), generator=order).split(batch_size))
-    for _, idx in zip(trange(steps, desc='probe', leave=False), batches):
+    for _, idx in zip(trange(steps, desc='probe', leave=False), shuffled_batches(len(x), batch_size, order)):
         loss = torch.nn.functional.cross_entropy(probe(x[idx.to(device)]), g[idx.to(device)])
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     return probe.eval()
