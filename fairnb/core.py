@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3df4a132
 from __future__ import annotations
-import hashlib, inspect, json, os, random, shutil, tempfile, traceback
+import hashlib, inspect, io, json, os, random, shutil, tempfile, traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,8 +14,8 @@ import torch
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json',
-           'write_csv', 'prepare_run_dir', 'config_differences', 'check_resume_config', 'record_failure',
-           'apply_preset', 'check_config', 'cache_dir', 'build_once']
+           'write_csv', 'save_torch', 'prepare_run_dir', 'config_differences', 'check_resume_config', 'write_failure',
+           'record_failure', 'apply_preset', 'check_config', 'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -72,6 +72,11 @@ def write_csv(path, df:pd.DataFrame):
     "Atomically write a DataFrame as CSV, without its index."
     return atomic_write_bytes(path, df.to_csv(index=False).encode())
 
+def save_torch(path, obj):
+    "Atomically write `obj` (state dicts, tensors) with `torch.save`."
+    buf = io.BytesIO(); torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
 # %% ../nbs/00_core.ipynb #1b285b85
 RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json',
              'backbone_history.csv', 'backbone_checkpoint.pt')   # the last two: a fair-features run's own backbone
@@ -107,13 +112,19 @@ def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite')):
     return config
 
 # %% ../nbs/00_core.ipynb #a387b2ed
+def write_failure(out_dir, error:BaseException, tb=None): # the traceback; default: the error's own
+    "Write out_dir/failed.json with the error and its traceback, unless out_dir holds a finished run."
+    out = Path(out_dir)
+    if (out/'results.json').exists(): return None   # never mark a finished run as failed
+    lines = traceback.format_exception(type(error), error, tb if tb is not None else error.__traceback__)
+    return write_json(out/'failed.json', {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines)})
+
 @contextmanager
 def record_failure(out_dir):
     "On an exception in the block, write out_dir/failed.json with the error and traceback, then re-raise."
     try: yield
     except BaseException as e:
-        write_json(Path(out_dir)/'failed.json', {'error': f'{type(e).__name__}: {e}', 'traceback': traceback.format_exc()})
-        raise
+        write_failure(out_dir, e); raise
 
 # %% ../nbs/00_core.ipynb #e753aed2
 def apply_preset(params:dict, # notebook parameters, with a 'preset' key
@@ -122,7 +133,8 @@ def apply_preset(params:dict, # notebook parameters, with a 'preset' key
     name = params.get('preset')
     if name not in presets: raise ValueError(f'Unknown preset {name!r}; choose one of {sorted(presets)}.')
     p = presets[name]
-    return {k: p.get(k) if v is None else v for k, v in params.items()} | {k: v for k, v in p.items() if k not in params}
+    return ({k: p.get(k) if v is None else v for k, v in params.items()}
+            | {k: v for k, v in p.items() if k not in params})
 
 # %% ../nbs/00_core.ipynb #ceaf0c55
 def check_config(config:dict, positive_ints=(), # keys that must be integers >= 1
@@ -131,9 +143,11 @@ def check_config(config:dict, positive_ints=(), # keys that must be integers >= 
     "Validate `config`; returns it unchanged."
     for k in positive_ints:
         v = config[k]
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1): raise ValueError(f'{k} must be an integer >= 1, got {v!r}.')
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ValueError(f'{k} must be an integer >= 1, got {v!r}.')
     for k in positive:
-        if not (isinstance(config[k], (int, float)) and config[k] > 0): raise ValueError(f'{k} must be > 0, got {config[k]!r}.')
+        if not (isinstance(config[k], (int, float)) and config[k] > 0):
+            raise ValueError(f'{k} must be > 0, got {config[k]!r}.')
     for k, allowed in (choices or {}).items():
         if config[k] not in allowed: raise ValueError(f'{k} must be one of {tuple(allowed)}, got {config[k]!r}.')
     return config

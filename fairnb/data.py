@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #f8cf3020
 from __future__ import annotations
 import copy, math, warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -15,21 +16,54 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['ATTRIBUTES', 'AGE_EDGES', 'group_names', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition',
-           'check_groups', 'drop_bad_images', 'ImageTable']
+__all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
+           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'check_groups',
+           'drop_bad_images', 'ImageTable', 'relabel_within_group']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
-ATTRIBUTES = {
-    'sex': ('male', 'female'),
-    'age_group': ('<40', '40-59', '60-79', '80+'),
-}
-AGE_EDGES = (40, 60, 80)  # left edges of age groups 1, 2, 3
+@dataclass(frozen=True)
+class Attribute:
+    "A named attribute: its group names in code order and the datasets that carry it."
+    name: str
+    groups: tuple  # group names; code i is groups[i]
+    datasets: tuple = ()  # datasets whose samples carry it
+    def __post_init__(self):
+        if len(self.groups) < 2:
+            raise ValueError(f'attribute {self.name!r} needs at least two groups, got {self.groups}.')
+    @property
+    def n_groups(self): return len(self.groups)
+    def code(self, group:str): # a group name
+        "The integer code of `group`."
+        if group not in self.groups: raise ValueError(f'{group!r} is not a group of {self.name} {self.groups}.')
+        return self.groups.index(group)
+    def __str__(self): return self.name
 
-def group_names(attribute:str): # a key of `ATTRIBUTES`
-    "Group names of `attribute`, in code order."
-    if attribute not in ATTRIBUTES:
-        raise KeyError(f'Unknown attribute {attribute!r}; known attributes: {sorted(ATTRIBUTES)}.')
-    return ATTRIBUTES[attribute]
+# %% ../nbs/01_data.ipynb #b1a2c3d6
+ATTRIBUTES = {}
+
+def register_attribute(attr:Attribute):
+    "Make `attr` known by its name; returns it."
+    ATTRIBUTES[attr.name] = attr; return attr
+
+def get_attribute(attr): # an `Attribute`, or the name of a registered one
+    "The registered `Attribute` called `attr`."
+    if isinstance(attr, Attribute): return attr
+    if attr not in ATTRIBUTES:
+        names = sorted(a for a in ATTRIBUTES if a.islower()); more = len(ATTRIBUTES) - len(names)
+        raise KeyError(f'Unknown attribute {attr!r}; known attributes: {names}'
+                       + (f" and {more} CelebA attributes such as 'Pale_Skin'." if more else '.'))
+    return ATTRIBUTES[attr]
+
+def dataset_attributes(dataset:str): # 'chexpert', 'celeba', 'bupt'
+    "The attributes a dataset carries, in registration order."
+    return [a for a in ATTRIBUTES.values() if dataset in a.datasets]
+
+# %% ../nbs/01_data.ipynb #b1a2c3d7
+SEX = register_attribute(Attribute('sex', ('male', 'female'), ('chexpert', 'celeba')))
+AGE_GROUP = register_attribute(Attribute('age_group', ('<40', '40-59', '60-79', '80+'), ('chexpert',)))
+YOUNG_OLD = register_attribute(Attribute('young_old', ('young', 'old'), ('celeba',)))
+RACE = register_attribute(Attribute('race', ('African', 'Asian', 'Caucasian', 'Indian'), ('bupt',)))
+AGE_EDGES = (40, 60, 80)  # left edges of age groups 1, 2, 3
 
 # %% ../nbs/01_data.ipynb #17becb7a
 def encode_sex(sex:pd.Series):
@@ -41,7 +75,7 @@ def encode_sex(sex:pd.Series):
     return codes.astype(np.int64)
 
 def age_group(age): # ages in years
-    "Age-group codes for `ATTRIBUTES['age_group']`."
+    "Codes of `AGE_GROUP` from ages."
     return np.digitize(np.asarray(age, dtype=float), AGE_EDGES).astype(np.int64)
 
 # %% ../nbs/01_data.ipynb #0673d5b2
@@ -58,24 +92,26 @@ def split_by_patient(df:pd.DataFrame, # one row per image, with a patient column
     return df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
 
 # %% ../nbs/01_data.ipynb #e9921863
-def group_composition(splits:dict, # split name -> DataFrame with an attribute column
-                      attribute:str='sex',
-                      normalize:bool=True, # shares instead of counts
-                      names:tuple|None=None): # group names in code order; default `group_names(attribute)`
+def group_composition(splits:dict, # split name -> DataFrame with a column named as the attribute
+                      attribute, # an `Attribute` or its name
+                      normalize:bool=True): # shares instead of counts
     "Rows: groups of `attribute`; columns: splits; values: share (or count) of images."
-    names = names or group_names(attribute)
-    cols = {s: df[attribute].value_counts(normalize=normalize).reindex(range(len(names)), fill_value=0).values
+    a = get_attribute(attribute)
+    cols = {s: df[a.name].value_counts(normalize=normalize).reindex(range(a.n_groups), fill_value=0).values
             for s, df in splits.items()}
-    return pd.DataFrame(cols, index=pd.Index(names, name=attribute))
+    return pd.DataFrame(cols, index=pd.Index(a.groups, name=a.name))
 
 # %% ../nbs/01_data.ipynb #d23b4f6e
-def check_groups(splits:dict, attribute:str, names:tuple):
+def check_groups(splits:dict, # split name -> DataFrame with a column named as the attribute
+                 attribute): # an `Attribute` or its name
     "Fail unless every split holds at least two groups of `attribute`."
+    a = get_attribute(attribute)
     for split, df in splits.items():
-        present = sorted(df[attribute].unique()) if len(df) else []
+        present = sorted(df[a.name].unique()) if len(df) else []
         if len(present) < 2:
-            raise ValueError(f'The {split} split holds only {[names[int(c)] for c in present]} for {attribute}: a gap between groups '
-                             'cannot be measured. Use more data, another seed, or another sensitive attribute.')
+            raise ValueError(f'The {split} split holds only {[a.groups[int(c)] for c in present]} for {a.name}: a gap '
+                             'between groups cannot be measured. Use more data, another seed, '
+                             'or another sensitive attribute.')
     return splits
 
 # %% ../nbs/01_data.ipynb #cf940bc9
@@ -113,8 +149,10 @@ class ImageTable(Dataset):
         self.targets = torch.as_tensor(np.asarray(targets))
         self.attrs = {k: np.asarray(v, dtype=np.int64) for k, v in attrs.items()}
         for k, v in self.attrs.items():
-            if len(v) != len(self.targets): raise ValueError(f'attribute {k!r} has {len(v)} rows, targets {len(self.targets)}.')
-        self.images = [read(i) for i in tqdm(range(len(self.targets)), desc=f'loading {desc}', leave=False)] if preload else None
+            if len(v) != len(self.targets):
+                raise ValueError(f'attribute {k!r} has {len(v)} rows, targets {len(self.targets)}.')
+        self.images = ([read(i) for i in tqdm(range(len(self.targets)), desc=f'loading {desc}', leave=False)]
+                       if preload else None)
 
     def __len__(self): return len(self.targets)
 
@@ -122,7 +160,29 @@ class ImageTable(Dataset):
         "The same samples (and preloaded images, shared) under another transform."
         new = copy.copy(self); new.transform = transform; return new
 
+    def with_targets(self, targets):
+        "The same images and attributes with other targets (e.g. relabelled training data)."
+        new = copy.copy(self); new.targets = torch.as_tensor(np.asarray(targets))
+        if len(new.targets) != len(self.targets):
+            raise ValueError(f'{len(new.targets)} targets for {len(self)} samples.')
+        return new
+
     def __getitem__(self, i):
         img = self.images[i] if self.images is not None else self.read(i)
         if self.transform is not None: img = self.transform(img)
         return img, self.targets[i], {k: int(v[i]) for k, v in self.attrs.items()}
+
+# %% ../nbs/01_data.ipynb #c4e5f6a2
+def relabel_within_group(labels, # (N,) class labels
+                         groups, # (N,) group codes
+                         group:int, # code of the group whose samples are relabelled
+                         rate:float, # share of that group's samples relabelled
+                         seed:int=0):
+    "(new labels, changed mask): `rate` of `group`'s samples get another label held in that group."
+    labels, groups, rng = np.array(labels), np.asarray(groups), np.random.default_rng(seed)
+    mine = np.flatnonzero(groups == group)
+    pick = rng.choice(mine, size=int(round(rate * len(mine))), replace=False)
+    pool = pd.unique(labels[mine])
+    if len(pool) < 2 and len(pick): raise ValueError(f'group {group} has fewer than two labels: nothing to relabel to.')
+    for i in pick: labels[i] = rng.choice(pool[pool != labels[i]])
+    return labels, np.isin(np.arange(len(labels)), pick)

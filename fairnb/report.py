@@ -14,10 +14,11 @@ import seaborn as sns
 
 import fairnb
 from .core import read_json, write_json
+from .data import get_attribute
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'paper_table', 'plot_groups',
-           'plot_history', 'sirn_table', 'plot_game']
+__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'paper_table', 'gap_summary',
+           'plot_groups', 'plot_history', 'sirn_table', 'plot_game']
 
 # %% ../nbs/10_report.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
@@ -27,12 +28,15 @@ def validate_rows(rows:list): # list of dicts
     "Check results rows against the schema; returns them with NaN values as None."
     out = []
     for i, r in enumerate(rows):
-        if set(r) != set(ROW_KEYS): raise ValueError(f'results row {i} has keys {sorted(r)}; expected {list(ROW_KEYS)}.')
+        if set(r) != set(ROW_KEYS):
+            raise ValueError(f'results row {i} has keys {sorted(r)}; expected {list(ROW_KEYS)}.')
         if r['split'] not in SPLITS: raise ValueError(f'results row {i}: split {r["split"]!r} is not one of {SPLITS}.')
         for k in ROW_KEYS[1:5]:
-            if not isinstance(r[k], str) or not r[k]: raise ValueError(f'results row {i}: {k} must be a non-empty string, got {r[k]!r}.')
+            if not isinstance(r[k], str) or not r[k]:
+                raise ValueError(f'results row {i}: {k} must be a non-empty string, got {r[k]!r}.')
         v = r['value']
-        if v is not None and not isinstance(v, (int, float)): raise ValueError(f'results row {i}: value {v!r} is not a number.')
+        if v is not None and not isinstance(v, (int, float)):
+            raise ValueError(f'results row {i}: value {v!r} is not a number.')
         out.append({**r, 'value': None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)})
     return out
 
@@ -41,13 +45,16 @@ def write_results(out_dir, config:dict, rows, # list of dicts, or a DataFrame wi
                   seconds:float, data:dict|None=None): # facts about the data (rows dropped, images skipped)
     "Validate and atomically write `results.json` into `out_dir`."
     if isinstance(rows, pd.DataFrame): rows = rows[list(ROW_KEYS)].to_dict('records')
-    rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__, 'seconds': float(seconds), 'data': data or {}}
+    rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__,
+           'seconds': float(seconds), 'data': data or {}}
     return write_json(Path(out_dir)/'results.json', rec)
 
 def read_results(path): # a results.json, or the run folder holding it
     "Read and validate a `results.json`; returns (record, rows DataFrame)."
     path = Path(path); path = path/'results.json' if path.is_dir() else path
-    if not path.exists(): raise FileNotFoundError(f'{path} does not exist: the run has not finished (look for failed.json or the executed notebook).')
+    if not path.exists():
+        raise FileNotFoundError(f'{path} does not exist: the run has not finished '
+                                '(look for failed.json or the executed notebook).')
     rec = read_json(path)
     missing = {'config', 'rows', 'fairnb_version', 'seconds'} - set(rec)
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.report.write_results.')
@@ -56,11 +63,13 @@ def read_results(path): # a results.json, or the run folder holding it
 
 # %% ../nbs/10_report.ipynb #8f948a3a
 def paper_table(rows:pd.DataFrame, # long-form results rows
-                metric:str='auc', attribute:str='sex',
-                groups:tuple=('male', 'female', 'gap'),
-                task_labels:dict|None=None): # task -> row label, e.g. `fairnb.chexpert.TASK_ABBR`
+                attribute, # an `fairnb.data.Attribute` or its name: its groups are the columns
+                metric:str='auc',
+                task_labels:dict|None=None, # task -> row label, e.g. `fairnb.chexpert.TASK_ABBR`
+                extra:tuple=('gap',)): # columns after the groups' ('gap', 'all')
     "Rows: tasks then AVG; columns: (SPLIT, GROUP), as the paper's tables."
-    df = rows[(rows.metric == metric) & (rows.attribute == attribute) & rows.group.isin(groups)]
+    a = get_attribute(attribute); groups = (*a.groups, *extra)
+    df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)]
     t = df.pivot_table(index='task', columns=['split', 'group'], values='value', sort=False, dropna=False)
     t = t.reindex(columns=pd.MultiIndex.from_product([[s for s in SPLITS if s in df.split.values], groups]))
     tasks = [x for x in dict.fromkeys(df.task) if x != 'mean'] + (['mean'] if 'mean' in df.task.values else [])
@@ -69,44 +78,61 @@ def paper_table(rows:pd.DataFrame, # long-form results rows
     t.index.name = None
     return t
 
+# %% ../nbs/10_report.ipynb #0ae8cf5a
+def gap_summary(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
+                metric:str='auc', task:str='mean', label:str|None=None): # what the line calls the figure
+    "One line: the gap of `metric` on `task`, per split."
+    a = get_attribute(attribute)
+    gap = rows[(rows.attribute == a.name) & (rows.group == 'gap') & (rows.metric == metric) & (rows.task == task)]
+    gap = gap.set_index('split').value
+    who = f'{a.groups[0]} - {a.groups[1]}' if a.n_groups == 2 else 'highest - lowest group'
+    return f'{label or metric} gap ({who}): ' + ', '.join(f'{s} {gap[s]:+.3f}' for s in SPLITS if s in gap.index)
+
 # %% ../nbs/10_report.ipynb #c63e553a
-def plot_groups(rows:pd.DataFrame, metric:str='auc', attribute:str='sex', groups:tuple=('male', 'female'),
-                task_labels:dict|None=None):
+def plot_groups(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
+                metric:str='auc', task_labels:dict|None=None):
     "Bar chart: the metric per task and group, one panel per split."
-    df = rows[(rows.metric == metric) & (rows.attribute == attribute) & rows.group.isin(groups)].copy()
+    a = get_attribute(attribute); groups = a.groups
+    df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)].copy()
     df['task'] = df.task.replace({**(task_labels or {}), 'mean': 'AVG'})
-    g = sns.catplot(df, x='task', y='value', hue='group', col='split', kind='bar', height=3.2, aspect=1.2, hue_order=list(groups))
+    g = sns.catplot(df, x='task', y='value', hue='group', col='split', kind='bar', height=3.2, aspect=1.2,
+                    hue_order=list(groups))
     g.set_axis_labels('', metric.upper()); g.set_titles('{col_name}')
     lo = np.nanmin(df.value.to_numpy(dtype=float)) if len(df) else 0.0
     g.set(ylim=(max(0.0, lo - 0.1) if np.isfinite(lo) else 0.0, 1.0))
     return g
 
 # %% ../nbs/10_report.ipynb #53f036f9
-def plot_history(history:pd.DataFrame, groups:tuple=('male', 'female'),
+def plot_history(history:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
                  metric:str='auc'): # history columns f'val_{metric}_{group}', f'{split}_{metric}_gap'
     "Training curves: per-group training loss, per-group validation metric, and its gap on train and validation."
+    groups = get_attribute(attribute).groups
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.2))
     for g in groups:
         axs[0].plot(history.epoch, history[f'train_loss_{g}'], marker='o', label=g)
         if f'val_{metric}_{g}' in history: axs[1].plot(history.epoch, history[f'val_{metric}_{g}'], marker='o', label=g)
     for split, name in (('train', 'train'), ('val', 'validation')):
-        if f'{split}_{metric}_gap' in history: axs[2].plot(history.epoch, history[f'{split}_{metric}_gap'], marker='o', label=name)
+        if f'{split}_{metric}_gap' in history:
+            axs[2].plot(history.epoch, history[f'{split}_{metric}_gap'], marker='o', label=name)
     axs[2].axhline(0, color='grey', lw=0.8)
     axs[0].set(title='training loss per group', xlabel='epoch')
     axs[1].set(title=f'validation {metric} per group', xlabel='epoch')
-    axs[2].set(title=f'{metric} gap ({groups[0]} - {groups[-1]})', xlabel='epoch')
+    axs[2].set(title=f'{metric} gap ' + (f'({groups[0]} - {groups[1]})' if len(groups) == 2 else '(highest - lowest)'),
+               xlabel='epoch')
     for a in axs: a.legend()
     fig.tight_layout()
     return fig
 
 # %% ../nbs/10_report.ipynb #5a7fcd9c
 PAPER_TABLE3 = pd.DataFrame(
-    [('female', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 93.6, 87.3, 6.3, 68.5), (2, 92.9, 85.2, 7.7, 44.0), (3, 92.2, 83.8, 8.4, 44.0))]
-    + [('male', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 92.1, 88.8, 3.3, 56.0), (2, 89.6, 87.2, 2.4, 56.0), (3, 87.7, 85.9, 1.8, 56.0))],
+    [('female', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 93.6, 87.3, 6.3, 68.5),
+                                                     (2, 92.9, 85.2, 7.7, 44.0), (3, 92.2, 83.8, 8.4, 44.0))]
+    + [('male', a, m, f, g, s) for a, m, f, g, s in ((0, 94.1, 89.5, 4.6, 97.4), (1, 92.1, 88.8, 3.3, 56.0),
+                                                     (2, 89.6, 87.2, 2.4, 56.0), (3, 87.7, 85.9, 1.8, 56.0))],
     columns=['penalized', 'alpha', 'MALE', 'FEMALE', 'GAP', 'SENS ACC']).set_index(['penalized', 'alpha'])
 
 def sirn_table(runs): # iterable of run folders, or of (config, rows) pairs
-    "Table 3's layout in percent: test accuracy per group, the gap and the discriminator's accuracy, per (penalized, alpha)."
+    "Table 3's layout in percent: test accuracy per group, the gap and discriminator accuracy, per (penalized, alpha)."
     out = []
     for run in runs:
         if isinstance(run, (str, Path)): rec, rows = read_results(run); config = rec['config']
@@ -114,15 +140,18 @@ def sirn_table(runs): # iterable of run folders, or of (config, rows) pairs
         test = rows[(rows.split == 'test') & (rows.attribute == config['sensitive']) & (rows.task == 'identification')]
         acc = test[test.metric == 'accuracy'].set_index('group').value
         sens = test[(test.metric == 'sensitive_accuracy') & (test.group == 'all')].value
-        if sens.empty: raise ValueError(f"a run of scheme {config.get('scheme')!r} has no sensitive_accuracy rows; sirn_table reads fair_features runs.")
+        if sens.empty: raise ValueError(f"a run of scheme {config.get('scheme')!r} has no sensitive_accuracy rows; "
+                                        'sirn_table reads fair_features runs.')
         probe = test[(test.metric == 'probe_accuracy') & (test.group == 'all')].value
-        out.append({'penalized': config['penalized_group'], 'alpha': config['alpha'], **{g.upper(): 100 * v for g, v in acc.items()},
+        out.append({'penalized': config['penalized_group'], 'alpha': config['alpha'],
+                    **{g.upper(): 100 * v for g, v in acc.items()},
                     'SENS ACC': 100 * sens.item(), **({'PROBE ACC': 100 * probe.item()} if len(probe) else {})})
     return pd.DataFrame(out).set_index(['penalized', 'alpha']).sort_index()
 
 # %% ../nbs/10_report.ipynb #7003122f
-def plot_game(history:pd.DataFrame, groups:tuple=('male', 'female')):
+def plot_game(history:pd.DataFrame, attribute): # the sensitive attribute (or its name)
     "Four panels: SIRN losses, discriminator loss, discriminator accuracy per group, validation accuracy per group."
+    groups = get_attribute(attribute).groups
     fig, axs = plt.subplots(1, 4, figsize=(18, 3.2))
     for col, label in (('train_loss', 'recognition (focal)'), ('train_penalty', 'regulariser')):
         axs[0].plot(history.epoch, history[col], marker='o', label=label)
@@ -131,7 +160,8 @@ def plot_game(history:pd.DataFrame, groups:tuple=('male', 'female')):
         axs[2].plot(history.epoch, history[f'val_sens_acc_{g}'], marker='o', ls='--' if i == 0 else '-', label=g)
         axs[3].plot(history.epoch, history[f'val_acc_{g}'], marker='o', ls='--' if i == 0 else '-', label=g)
     axs[2].plot(history.epoch, history.val_sens_acc, color='grey', label='all'); axs[2].set_ylim(-0.05, 1.05)
-    titles = ('SIRN: its two terms', 'discriminator: loss', 'discriminator: validation accuracy', 'validation rank-1 accuracy')
+    titles = ('SIRN: its two terms', 'discriminator: loss', 'discriminator: validation accuracy',
+              'validation rank-1 accuracy')
     for a, t in zip(axs, titles): a.set(title=t, xlabel='epoch'); a.legend()
     fig.tight_layout()
     return fig

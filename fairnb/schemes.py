@@ -4,18 +4,21 @@
 
 # %% ../nbs/06_schemes.ipynb #cc3140fe
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 
 import torch
-
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .losses import disparate_impact_penalty, equal_loss_penalty, equalized_odds_penalty, fixed_class_regularizer, minmax_loss
+from .data import Attribute, get_attribute, relabel_within_group
+from .losses import fixed_class_regularizer, get_penalty, minmax_loss
 from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['PENALTY_ON', 'ADVERSARY_ON', 'SCHEMES', 'BatchOut', 'Scheme', 'register_scheme', 'get_scheme', 'Baseline', 'MinMax',
-           'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'LabelFlip', 'Margins', 'FairFeatures']
+__all__ = ['PROBLEMS', 'SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme',
+           'schemes_for', 'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
+           'DisparateImpact', 'LabelFlip', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -27,39 +30,45 @@ class BatchOut:
     groups: torch.Tensor   # (B,) codes of the sensitive attribute
 
 # %% ../nbs/06_schemes.ipynb #1c4a6fc3
-PENALTY_ON, ADVERSARY_ON = ('train', 'holdout'), ('all', 'penalized')
+PROBLEMS = ('chexpert', 'faces', 'fair_features')
+
+def is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 class Scheme:
     "Base scheme: the mean task loss (empirical risk minimisation)."
-    name, needs_holdout = 'baseline', False
-    def __init__(self, group_names:tuple=('male', 'female'), # groups of the sensitive attribute, in code order
-                 alpha:float=0.0, # weight of a penalty
-                 penalty_on:str='train', # 'train' or 'holdout': the batches a penalty is computed on
-                 flip_group:str|None=None, flip_rate:float=0.0, # label flipping: whose labels, how often
-                 margin:float=0.75, margin_group:str|None=None, # adjusted margins: the margin of margin_group
-                 penalized_group:str|None=None, # fair features: the group whose features are pushed to the other class
-                 adversary_on:str='all', # fair features: 'all' images in the regulariser, or only the 'penalized' group's
-                 disc_steps:int=1, disc_lr:float=1e-3, # fair features: discriminator updates per batch, its Adam rate
-                 seed:int=0): # seed of the scheme's own randomness
-        if not alpha >= 0: raise ValueError(f'alpha must be a number >= 0, got {alpha!r}.')
-        if not 0 <= flip_rate <= 1: raise ValueError(f'flip_rate must lie in [0, 1], got {flip_rate!r}.')
-        if penalty_on not in PENALTY_ON: raise ValueError(f'penalty_on must be one of {PENALTY_ON}, got {penalty_on!r}.')
-        if adversary_on not in ADVERSARY_ON: raise ValueError(f'adversary_on must be one of {ADVERSARY_ON}, got {adversary_on!r}.')
-        if not (isinstance(disc_steps, int) and disc_steps >= 1): raise ValueError(f'disc_steps must be an integer >= 1, got {disc_steps!r}.')
-        if not disc_lr > 0: raise ValueError(f'disc_lr must be a number > 0, got {disc_lr!r}.')
-        for k, v in (('flip_group', flip_group), ('margin_group', margin_group), ('penalized_group', penalized_group)):
-            if v is not None and v not in group_names: raise ValueError(f'{k} {v!r} is not a group of the sensitive attribute {tuple(group_names)}.')
-        if not 0 <= margin < 1: raise ValueError(f'margin must lie in [0, 1) (a cosine margin), got {margin!r}.')
-        self.group_names, self.n_groups, self.alpha, self.penalty_on = tuple(group_names), len(group_names), float(alpha), penalty_on
-        self.flip_group, self.flip_rate, self.seed, self.logs = flip_group, float(flip_rate), seed, {}
-        self.margin, self.margin_group = float(margin), margin_group
-        self.penalized_group, self.adversary_on, self.disc_steps, self.disc_lr = penalized_group, adversary_on, disc_steps, float(disc_lr)
+    name, problems, needs_holdout, summary = 'baseline', ('chexpert', 'faces'), False, ''  # summary: what `prepare` did
+    params, paper_defaults = {}, {}   # own parameter -> default; problem -> {parameter: the paper's value}
+    def __init__(self, attribute, # the sensitive attribute: an `Attribute` or its name
+                 problem:str='chexpert', seed:int=0, **params):
+        self.attribute, self.problem, self.seed, self.logs = get_attribute(attribute), problem, seed, {}
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise TypeError(f'scheme {self.name!r} takes no parameter(s) {unknown}; its own are {sorted(self.params)}.')
+        paper = {k: v for k, v in self.paper_defaults.get(problem, {}).items()
+                 if not k.endswith('_group') or v in self.attribute.groups}
+        for k, v in (self.params | paper | params).items(): setattr(self, k, v)
+        self.check()
+    @property
+    def n_groups(self): return self.attribute.n_groups
+    def config(self): return {k: getattr(self, k) for k in self.params}   # the scheme's own parameters, resolved
+    def check(self): "Validate this scheme's own parameters."
     def setup(self, criterion): "Configure the criterion (e.g. a margin head) once, before training."
+    def prepare(self, train): return train   # the training dataset, changed once before training (face label flipping)
     def state_dict(self): return {}   # state a checkpoint must keep (label flipping's random generator)
     def load_state_dict(self, state): pass
     def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return out.losses.mean()
-    def __repr__(self): return f'{type(self).__name__}(alpha={self.alpha}, penalty_on={self.penalty_on!r})'
+    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+
+# %% ../nbs/06_schemes.ipynb #cad9fcc1
+@patch
+def group_code(self:Scheme, param:str):
+    "The code of the group that parameter `param` names."
+    v, a = getattr(self, param), self.attribute
+    if v is None: raise ValueError(f'{self.name} needs {param}, one of {a.groups}.')
+    if v not in a.groups:
+        raise ValueError(f'{param} {v!r} is not a group of the sensitive attribute {a.name} {a.groups}.')
+    return a.code(v)
 
 # %% ../nbs/06_schemes.ipynb #96904944
 SCHEMES = {}
@@ -68,11 +77,33 @@ def register_scheme(cls):
     "Class decorator: make a scheme available by its `name`."
     SCHEMES[cls.name] = cls; return cls
 
+def schemes_for(problem:str): # one of `PROBLEMS`
+    "Names of the schemes that serve `problem`."
+    return sorted(n for n, c in SCHEMES.items() if problem in c.problems)
+
+def _foreign(name:str, given:dict):
+    "Error message for parameters that scheme `name` does not declare, or None."
+    foreign = sorted(set(given) - set(SCHEMES[name].params))
+    if not foreign: return None
+    users = {k: sorted(n for n, c in SCHEMES.items() if k in c.params) for k in foreign}
+    return (f"scheme {name!r} does not use "
+            + ', '.join(f'{k}={given[k]!r} (a parameter of {users[k] or "no scheme"})' for k in foreign)
+            + f"; its own parameters are {sorted(SCHEMES[name].params) or 'none'}. "
+              "Leave the others unset or choose another scheme.")
+
 def get_scheme(name:str, # a key of `SCHEMES`
-               **kwargs): # passed to the scheme
-    "The scheme called `name`."
+               attribute, # the sensitive attribute: an `Attribute` or its name
+               problem:str|None=None, # one of `PROBLEMS`; None: the scheme's first
+               seed:int=0, # seed of the scheme's own randomness
+               **params): # the scheme's own parameters; None: its default
+    "The scheme called `name`, built with its own parameters."
     if name not in SCHEMES: raise ValueError(f'Unknown scheme {name!r}; choose one of {sorted(SCHEMES)}.')
-    return SCHEMES[name](**kwargs)
+    cls = SCHEMES[name]
+    if problem is not None and problem not in cls.problems:
+        raise ValueError(f'scheme {name!r} is not for {problem}; choose one of {schemes_for(problem)}.')
+    given = {k: v for k, v in params.items() if v is not None}
+    if msg := _foreign(name, given): raise ValueError(msg)
+    return cls(attribute, problem or cls.problems[0], seed, **given)
 
 # %% ../nbs/06_schemes.ipynb #14f3b767
 @register_scheme
@@ -89,16 +120,25 @@ class MinMax(Scheme):
         return minmax_loss(out.losses, out.groups, self.n_groups)
 
 # %% ../nbs/06_schemes.ipynb #d57cc6f9
+PENALTY_ON = ('train', 'holdout')
+
 class PenaltyScheme(Scheme):
     "Task loss on the training batch plus `alpha` times a penalty on the training or holdout batch."
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs); self.needs_holdout = self.penalty_on == 'holdout'
-        if self.n_groups != 2: raise ValueError(f'{self.name} compares two groups; the sensitive attribute has {self.group_names}.')
-    def penalty(self, out:BatchOut): raise NotImplementedError
+    penalty = None   # a name in `fairnb.losses.PENALTIES`
+    params = dict(alpha=1.0, penalty_on='train')
+    @property
+    def needs_holdout(self): return self.penalty_on == 'holdout'
+    def check(self):
+        if not (is_number(self.alpha) and self.alpha >= 0):
+            raise ValueError(f'alpha must be a number >= 0, got {self.alpha!r}.')
+        if self.penalty_on not in PENALTY_ON:
+            raise ValueError(f'penalty_on must be one of {PENALTY_ON}, got {self.penalty_on!r}.')
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
         if self.needs_holdout and holdout is None:
-            raise ValueError(f"scheme {self.name!r} with penalty_on='holdout' needs a holdout batch; pass holdout= to fit.")
-        pen = self.penalty(holdout if self.needs_holdout else out)
+            raise ValueError(f"scheme {self.name!r} with penalty_on='holdout' needs a holdout batch; "
+                             "pass holdout= to fit.")
+        b = holdout if self.needs_holdout else out
+        pen = get_penalty(self.penalty)(b.losses, torch.sigmoid(b.logits), b.targets, b.groups, self.n_groups)
         self.logs = {'penalty': pen.item()}
         return out.losses.mean() + self.alpha * pen
 
@@ -106,89 +146,135 @@ class PenaltyScheme(Scheme):
 @register_scheme
 class EqualLoss(PenaltyScheme):
     "Equal-loss penalty, eq. 2."
-    name = 'eq_loss'
-    def penalty(self, out): return equal_loss_penalty(out.losses, out.groups)
+    name = penalty = 'eq_loss'
 
 @register_scheme
 class EqualizedOdds(PenaltyScheme):
     "Equalized-odds penalty, eq. 4."
-    name = 'eq_odds'
-    def penalty(self, out): return equalized_odds_penalty(torch.sigmoid(out.logits), out.targets, out.groups)
+    name = penalty = 'eq_odds'
+    problems = ('chexpert',)
 
 @register_scheme
 class DisparateImpact(PenaltyScheme):
     "Disparate-impact penalty, eq. 6."
-    name = 'disp_impact'
-    def penalty(self, out): return disparate_impact_penalty(torch.sigmoid(out.logits), out.groups)
+    name = penalty = 'disp_impact'
+    problems = ('chexpert',)
 
 # %% ../nbs/06_schemes.ipynb #4f582137
 @register_scheme
 class LabelFlip(Scheme):
-    "Flip the labels of a random `flip_rate` share of `flip_group`'s samples in each batch."
+    "Flip the labels of a random `flip_rate` share of `flip_group`'s samples: per batch (CheXpert) or once (faces)."
     name = 'label_flip'
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.flip_group is None: raise ValueError(f'label_flip needs flip_group, one of {self.group_names}.')
-        self.flip_code, self.rng = self.group_names.index(self.flip_group), torch.Generator().manual_seed(self.seed)
+    params = dict(flip_group=None, flip_rate=0.05)
+    paper_defaults = {'chexpert': dict(flip_group='female'), 'faces': dict(flip_group='male', flip_rate=0.3)}
+    def check(self):
+        if not (is_number(self.flip_rate) and 0 <= self.flip_rate <= 1):
+            raise ValueError(f'flip_rate must lie in [0, 1], got {self.flip_rate!r}.')
+        self.flip_code, self.rng = self.group_code('flip_group'), torch.Generator().manual_seed(self.seed)
     def state_dict(self): return {'rng': self.rng.get_state()}
     def load_state_dict(self, state): self.rng.set_state(state['rng'])
-    def targets(self, targets:torch.Tensor, groups:torch.Tensor):
-        pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
-        self.logs = {'flipped': int(pick.sum())}
-        pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
-        return torch.where(pick, 1 - targets, targets)
+
+# %% ../nbs/06_schemes.ipynb #4f582138
+@patch
+def targets(self:LabelFlip, targets:torch.Tensor, groups:torch.Tensor):
+    "CheXpert: the batch's labels with the chosen samples' label vectors flipped."
+    if self.problem == 'faces': return targets   # faces flip once, in `prepare`
+    pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
+    self.logs = {'flipped': int(pick.sum())}
+    pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
+    return torch.where(pick, 1 - targets, targets)
+
+@patch
+def prepare(self:LabelFlip, train):
+    "Faces: a copy of the training dataset with `flip_rate` of the group's identities relabelled."
+    if self.problem != 'faces': return train
+    groups = train.attrs[self.attribute.name]
+    labels, changed = relabel_within_group(train.targets.numpy(), groups, self.flip_code, self.flip_rate, self.seed)
+    self.summary = (f'relabelled {int(changed.sum())} of {int((groups == self.flip_code).sum())} '
+                    f'{self.flip_group} training images')
+    return train.with_targets(labels)
 
 # %% ../nbs/06_schemes.ipynb #75cc0992
 @register_scheme
 class Margins(Scheme):
     "Give `margin_group` the CosFace margin `margin`; the others keep the head's default."
-    name = 'margins'
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.margin_group is None: raise ValueError(f'margins needs margin_group, one of {self.group_names}.')
+    name, problems = 'margins', ('faces',)
+    params, paper_defaults = dict(margin=0.75, margin_group=None), {'faces': dict(margin_group='female')}
+    def check(self):
+        if not (is_number(self.margin) and 0 <= self.margin < 1):
+            raise ValueError(f'margin must lie in [0, 1) (a cosine margin), got {self.margin!r}.')
+        self.margin_code = self.group_code('margin_group')
     def setup(self, criterion):
         if not hasattr(criterion, 'set_group_margins'):
-            raise TypeError('the margins scheme needs a margin-head criterion (fairnb.losses.MarginLoss), as in face recognition.')
-        criterion.set_group_margins({self.group_names.index(self.margin_group): self.margin})
+            raise TypeError('the margins scheme needs a margin-head criterion (fairnb.losses.MarginLoss), '
+                            'as in face recognition.')
+        criterion.set_group_margins({self.margin_code: self.margin})
 
 # %% ../nbs/06_schemes.ipynb #f3358f37
+ADVERSARY_ON = ('all', 'penalized')
+
 @register_scheme
 class FairFeatures(Scheme):
-    "Recognition loss plus `alpha` times the fixed-class regulariser, against a discriminator trained on the true groups."
-    name = 'fair_features'
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.n_groups != 2: raise ValueError(f'fair_features plays a two-group game; the sensitive attribute has {self.group_names}.')
-        if self.penalized_group is None: raise ValueError(f'fair_features needs penalized_group, one of {self.group_names}.')
-        self.penalized = self.group_names.index(self.penalized_group)
+    "Recognition loss plus `alpha` times the fixed-class regulariser, against a discriminator trained on true groups."
+    name, problems = 'fair_features', ('fair_features',)
+    params = dict(alpha=1.0, penalized_group=None, adversary_on='all', disc_steps=1, disc_lr=1e-3)
+    paper_defaults = {'fair_features': dict(penalized_group='male')}
+    def check(self):
+        if self.n_groups != 2:
+            raise ValueError(f'fair_features plays a two-group game; '
+                             f'{self.attribute.name} has {self.attribute.groups}.')
+        if not (is_number(self.alpha) and self.alpha >= 0):
+            raise ValueError(f'alpha must be a number >= 0, got {self.alpha!r}.')
+        if self.adversary_on not in ADVERSARY_ON:
+            raise ValueError(f'adversary_on must be one of {ADVERSARY_ON}, got {self.adversary_on!r}.')
+        if not (isinstance(self.disc_steps, int) and self.disc_steps >= 1):
+            raise ValueError(f'disc_steps must be an integer >= 1, got {self.disc_steps!r}.')
+        if not (is_number(self.disc_lr) and self.disc_lr > 0):
+            raise ValueError(f'disc_lr must be a number > 0, got {self.disc_lr!r}.')
+        self.penalized = self.group_code('penalized_group')
         self.target = 1 - self.penalized   # the class every image is pushed towards
         self.discriminator, self.disc_optimizer = None, None
-    def setup(self, criterion):
-        if self.discriminator is not None: return
-        w = getattr(getattr(criterion, 'head', None), 'weight', None)
-        if w is None: raise TypeError('fair_features needs a margin-head criterion (fairnb.losses.MarginLoss) on the SIRN.')
-        with torch.random.fork_rng(devices=[]):   # its own seed: the SIRN's random stream is left as it was
-            torch.manual_seed(self.seed); self.discriminator = SensitiveHead(w.shape[1], self.n_groups).to(w.device)
-        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr)
-    def state_dict(self): return {'discriminator': self.discriminator.state_dict(), 'optimizer': self.disc_optimizer.state_dict()}
-    def load_state_dict(self, state):
-        self.discriminator.load_state_dict(state['discriminator']); self.disc_optimizer.load_state_dict(state['optimizer'])
-    def step_discriminator(self, feats:torch.Tensor, groups:torch.Tensor):
-        "`disc_steps` updates on detached features; the loss and accuracy before the last one."
-        for _ in range(self.disc_steps):
-            logits = self.discriminator(feats.detach())
-            loss = F.cross_entropy(logits, groups.long())
-            self.disc_optimizer.zero_grad(set_to_none=True); loss.backward(); self.disc_optimizer.step()
-        return loss.item(), (logits.argmax(1) == groups).float().mean().item()
-    def regularizer(self, feats:torch.Tensor, groups:torch.Tensor):
-        "The mean fixed-class regulariser over the images `adversary_on` names."
-        reg = fixed_class_regularizer(self.discriminator(feats), self.target)
-        if self.adversary_on == 'penalized': reg = reg[groups == self.penalized]
-        return reg.mean() if len(reg) else reg.sum()   # a batch without the penalised group: 0
-    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
-        if self.discriminator is None: raise RuntimeError('fair_features: call setup(criterion) first (fit does).')
-        d_loss, d_acc = self.step_discriminator(out.logits, out.groups)
-        pen = self.regularizer(out.logits, out.groups)
-        self.logs = {'penalty': pen.item(), 'disc_loss': d_loss, 'disc_acc': d_acc}
-        return out.losses.mean() + self.alpha * pen
-    def __repr__(self): return f'FairFeatures(alpha={self.alpha}, penalized_group={self.penalized_group!r}, adversary_on={self.adversary_on!r}, disc_steps={self.disc_steps})'
+
+# %% ../nbs/06_schemes.ipynb #f3358f38
+@patch
+def setup(self:FairFeatures, criterion):
+    "Build the discriminator for the criterion's embedding size, from the scheme's own seed."
+    if self.discriminator is not None: return
+    w = getattr(getattr(criterion, 'head', None), 'weight', None)
+    if w is None: raise TypeError('fair_features needs a margin-head criterion (fairnb.losses.MarginLoss) on the SIRN.')
+    with torch.random.fork_rng(devices=[]):   # its own seed: the SIRN's random stream is left as it was
+        torch.manual_seed(self.seed); self.discriminator = SensitiveHead(w.shape[1], self.n_groups).to(w.device)
+    self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr)
+
+@patch
+def state_dict(self:FairFeatures):
+    return {'discriminator': self.discriminator.state_dict(), 'optimizer': self.disc_optimizer.state_dict()}
+
+@patch
+def load_state_dict(self:FairFeatures, state):
+    self.discriminator.load_state_dict(state['discriminator']); self.disc_optimizer.load_state_dict(state['optimizer'])
+
+# %% ../nbs/06_schemes.ipynb #f3358f39
+@patch
+def step_discriminator(self:FairFeatures, feats:torch.Tensor, groups:torch.Tensor):
+    "`disc_steps` updates on detached features; the loss and accuracy before the last one."
+    for _ in range(self.disc_steps):
+        logits = self.discriminator(feats.detach())
+        loss = F.cross_entropy(logits, groups.long())
+        self.disc_optimizer.zero_grad(set_to_none=True); loss.backward(); self.disc_optimizer.step()
+    return loss.item(), (logits.argmax(1) == groups).float().mean().item()
+
+@patch
+def regularizer(self:FairFeatures, feats:torch.Tensor, groups:torch.Tensor):
+    "The mean fixed-class regulariser over the images `adversary_on` names."
+    reg = fixed_class_regularizer(self.discriminator(feats), self.target)
+    if self.adversary_on == 'penalized': reg = reg[groups == self.penalized]
+    return reg.mean() if len(reg) else reg.sum()   # a batch without the penalised group: 0
+
+@patch
+def __call__(self:FairFeatures, out:BatchOut, holdout:BatchOut|None=None):
+    if self.discriminator is None: raise RuntimeError('fair_features: call setup(criterion) first (fit does).')
+    d_loss, d_acc = self.step_discriminator(out.logits, out.groups)
+    pen = self.regularizer(out.logits, out.groups)
+    self.logs = {'penalty': pen.item(), 'disc_loss': d_loss, 'disc_acc': d_acc}
+    return out.losses.mean() + self.alpha * pen

@@ -2,9 +2,17 @@
 import pytest
 import torch
 
-from fairnb.losses import MarginLoss
+from torch.utils.data import DataLoader
+
+from fairnb.chexpert import TASKS
+from fairnb.data import ImageTable
+from fairnb.evaluate import evaluate_split, split_evaluator
+from fairnb.losses import PENALTIES, MarginLoss, group_means, weighted_bce
 from fairnb.models import MODELS, CosFace, create_model
-from fairnb.schemes import SCHEMES, BatchOut, get_scheme
+from fairnb.report import read_results, write_results
+from fairnb.run import _scheme_params
+from fairnb.schemes import PROBLEMS, SCHEMES, BatchOut, Scheme, get_scheme, register_scheme, schemes_for
+from fairnb.train import fit
 
 
 MODEL_ARGS = {'densenet121': dict(num_classes=5), 'small_cnn': dict(num_classes=5)}   # the others are face backbones
@@ -39,7 +47,10 @@ STATEFUL = {'fair_features'}   # its discriminator takes a step on every call
 
 
 def _scheme(name, penalty_on='train'):
-    s = get_scheme(name, alpha=1.0, penalty_on=penalty_on, flip_group='female', flip_rate=0.5, margin_group='female', penalized_group='male')
+    "The scheme with its own parameters set for the test: alpha 1, group parameters naming the last group."
+    cls = SCHEMES[name]
+    own = {'alpha': 1.0, 'penalty_on': penalty_on, 'flip_rate': 0.5, 'margin': 0.75, **{k: 'female' for k in cls.params if k.endswith('_group')}}
+    s = get_scheme(name, 'sex', cls.problems[0], **{k: v for k, v in own.items() if k in cls.params})
     s.setup(MarginLoss(CosFace(5, 4)))   # what fit does first; fair_features builds its discriminator for 5-d features here
     return s
 
@@ -59,6 +70,18 @@ def test_scheme_gives_finite_differentiable_scalar(name, penalty_on, groups):
     assert _scheme(name, penalty_on)(_batch(0, groups), _batch(1, groups[::-1])).item() == again(_batch(0, groups), hold).item()
 
 
+@pytest.mark.parametrize('name', sorted(SCHEMES))
+def test_scheme_declares_itself(name):
+    "Every scheme names the problems it serves, and its own parameters are exactly what its config reports."
+    cls = SCHEMES[name]
+    assert cls.problems and set(cls.problems) <= set(PROBLEMS)
+    s = _scheme(name)
+    assert set(s.config()) == set(cls.params)
+    for other in set(_scheme_params()) - set(cls.params):                 # another scheme's parameter is refused
+        with pytest.raises(ValueError, match=f"scheme '{name}' does not use {other}="):
+            get_scheme(name, 'sex', cls.problems[0], **{other: 0.5})
+
+
 @pytest.mark.parametrize('name', ['eq_loss', 'eq_odds', 'disp_impact'])
 def test_holdout_penalty_comes_from_the_holdout_batch(name):
     "With penalty_on='holdout', the penalty term moves with the holdout batch and not with the training batch's groups."
@@ -72,5 +95,41 @@ def test_holdout_penalty_comes_from_the_holdout_batch(name):
 
 
 def test_unknown_scheme_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"choose one of \['baseline', 'disp_impact', 'eq_loss', 'eq_odds', 'fair_features', 'label_flip', 'margins', 'minmax'\]"):
-        get_scheme('equalise')
+    with pytest.raises(ValueError, match="Unknown scheme 'equalise'; choose one of") as e:
+        get_scheme('equalise', 'sex')
+    assert all(repr(n) in str(e.value) for n in SCHEMES)
+
+
+def test_a_new_scheme_is_one_class(tmp_path):
+    """A scheme defined here, in the test, trains through `fit` and gives results rows, touching no other file:
+    the mean loss plus `weight` times the largest group's mean loss, for any number of groups."""
+    @register_scheme
+    class WorstPlus(Scheme):
+        name, problems, params = 'worst_plus', ('chexpert',), dict(weight=0.5)
+        def check(self):
+            if not self.weight >= 0: raise ValueError(f'weight must be >= 0, got {self.weight!r}.')
+        def __call__(self, out, holdout=None):
+            means, present = group_means(out.losses, out.groups, self.n_groups)
+            self.logs = {'worst': means[present].max().item()}
+            return out.losses.mean() + self.weight * means[present].max()
+    try:
+        assert 'worst_plus' in schemes_for('chexpert') and 'worst_plus' not in schemes_for('faces')
+        with pytest.raises(ValueError, match='weight must be >= 0'):
+            get_scheme('worst_plus', 'age_group', weight=-1)
+        torch.manual_seed(0)
+        g = torch.arange(96) % 4; y = (torch.rand(96, 5) > 0.5).float()
+        x = (y * 2 - 1) * (1.0 - 0.2 * g)[:, None] + torch.randn(96, 5)
+        ds = ImageTable(lambda i: x[i], y.numpy(), {'sex': (g % 2).numpy(), 'age_group': g.numpy()})
+        scheme = get_scheme('worst_plus', 'age_group', weight=2.0)
+        model = torch.nn.Linear(5, 5)
+        loader = DataLoader(ds, batch_size=32)
+        hist = fit(model, loader, weighted_bce, scheme, torch.optim.Adam(model.parameters(), 0.05), 3, 'cpu',
+                   evaluate=split_evaluator(loader, 'cpu', weighted_bce, TASKS, 'age_group'), checkpoint=tmp_path / 'ckpt.pt')
+        assert {'train_worst', 'train_loss_80+', 'val_auc_gap', 'val_eq_loss'} <= set(hist.columns) and len(hist) == 3
+        rows = evaluate_split(model, loader, 'cpu', weighted_bce, TASKS, ['sex', 'age_group'], 'age_group', 'test')
+        write_results(tmp_path, {'scheme': 'worst_plus', **scheme.config()}, rows, 1.0)
+        rec, back = read_results(tmp_path)
+        assert rec['config']['weight'] == 2.0 and set(back[back.attribute == 'age_group'].group) >= {'<40', '80+', 'gap'}
+        assert set(back[back.group == 'all'].metric) == set(PENALTIES)
+    finally:
+        SCHEMES.pop('worst_plus', None)

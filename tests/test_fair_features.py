@@ -11,14 +11,14 @@ from papermill.exceptions import PapermillExecutionError
 from conftest import run_notebook
 from fairnb.report import read_results, sirn_table
 
-SMOKE = dict(preset='smoke', scheme='fair_features')
+SMOKE = dict(preset='smoke')
 
 
 @pytest.fixture(scope='module')
 def own(tmp_path_factory):
     "A fair-features run that trains its own backbone first."
     d = tmp_path_factory.mktemp('ff_own')
-    run_notebook('run_facerec.ipynb', d, **SMOKE, alpha=1.0, penalized_group='male', out_dir=str(d / 'run'))
+    run_notebook('run_fair_features.ipynb', d, **SMOKE, alpha=1.0, penalized_group='male', out_dir=str(d / 'run'))
     return d
 
 
@@ -29,7 +29,7 @@ def on_backbone(own, tmp_path_factory):
     for name, params in {'a0_male': dict(alpha=0.0, penalized_group='male'), 'a0_female': dict(alpha=0.0, penalized_group='female'),
                          'a3_male': dict(alpha=3.0, penalized_group='male')}.items():
         d = tmp_path_factory.mktemp(f'ff_{name}')
-        run_notebook('run_facerec.ipynb', d, **SMOKE, **params, backbone_checkpoint=str(own / 'run'), out_dir=str(d / 'run'))
+        run_notebook('run_fair_features.ipynb', d, **SMOKE, **params, backbone_checkpoint=str(own / 'run'), out_dir=str(d / 'run'))
         out[name] = d / 'run'
     return out
 
@@ -62,7 +62,7 @@ def test_results_of_a_fair_features_run(own):
     assert len(pd.read_csv(run / 'backbone_history.csv')) == rec['config']['epochs']
     parts = torch.load(run / 'model.pt', weights_only=True)
     assert set(parts) == {'backbone', 'head', 'sirn', 'sirn_head', 'discriminator'}
-    text = (own / 'run_facerec.ipynb').read_text()
+    text = (own / 'run_fair_features.ipynb').read_text()
     assert 'Table 3' in text and 'paper (ResNet-152, CelebA)' in text
 
 
@@ -104,14 +104,13 @@ def test_resume_reuses_both_checkpoints(own, tmp_path):
     (run / 'results.json').unlink()                              # as if killed after the game, before the results
     cfg = json.loads((run / 'config.json').read_text())
     cfg['out_dir'] = str(run); (run / 'config.json').write_text(json.dumps(cfg))
-    run_notebook('run_facerec.ipynb', tmp_path, **SMOKE, alpha=1.0, penalized_group='male', out_dir=str(run), resume=True)
+    run_notebook('run_fair_features.ipynb', tmp_path, **SMOKE, alpha=1.0, penalized_group='male', out_dir=str(run), resume=True)
     _, a = read_results(own / 'run')
     _, b = read_results(run)
     assert np.allclose(a.value.to_numpy(dtype=float), b.value.to_numpy(dtype=float), equal_nan=True, atol=1e-6)
 
 
 @pytest.mark.parametrize('params,message', [
-    (dict(scheme='baseline', backbone_checkpoint='x'), "backbone_checkpoint is for scheme='fair_features'"),
     (dict(penalized_group='women'), "penalized_group 'women' is not a group"),
     (dict(adversary_on='men'), "adversary_on must be one of"),
     (dict(disc_steps=0), 'disc_steps must be an integer >= 1'),
@@ -120,11 +119,11 @@ def test_resume_reuses_both_checkpoints(own, tmp_path):
 ])
 def test_bad_fair_features_parameters(tmp_path, params, message):
     with pytest.raises(PapermillExecutionError, match=message):
-        run_notebook('run_facerec.ipynb', tmp_path, **{**SMOKE, 'out_dir': str(tmp_path / 'run'), **params})
+        run_notebook('run_fair_features.ipynb', tmp_path, **{**SMOKE, 'out_dir': str(tmp_path / 'run'), **params})
     assert not (tmp_path / 'run' / 'results.json').exists()
 
 
 def test_backbone_from_another_split_is_refused(own, tmp_path):
     "A backbone trained with another split seed may have seen this run's test identities."
     with pytest.raises(PapermillExecutionError, match=r'trained with other seed=0 \(here 1\)'):
-        run_notebook('run_facerec.ipynb', tmp_path, **SMOKE, seed=1, backbone_checkpoint=str(own / 'run'), out_dir=str(tmp_path / 'run'))
+        run_notebook('run_fair_features.ipynb', tmp_path, **SMOKE, seed=1, backbone_checkpoint=str(own / 'run'), out_dir=str(tmp_path / 'run'))

@@ -116,7 +116,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
         return loss * float('nan') if calls['n'] == 6 else loss        # epoch 2 (4 batches an epoch), second batch
     m = torch.nn.Linear(2, 2)
     with pytest.raises(FloatingPointError, match='at epoch 2, batch 1'):
-        fit(m, DataLoader(ds, batch_size=16), criterion, get_scheme('baseline'), torch.optim.SGD(m.parameters(), 0.1), 3, 'cpu',
+        fit(m, DataLoader(ds, batch_size=16), criterion, get_scheme('baseline', 'sex'), torch.optim.SGD(m.parameters(), 0.1), 3, 'cpu',
             checkpoint=tmp_path / 'checkpoint.pt')
     state = load_checkpoint(tmp_path / 'checkpoint.pt')
     assert state['epoch'] == 1 and len(state['history']) == 1

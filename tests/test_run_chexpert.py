@@ -46,7 +46,7 @@ def test_results_schema(runs, scheme):
     assert per_group.between(0, 1).all(), per_group.describe()
     wide = sex.pivot_table(index=['split', 'task'], columns='group', values='value')
     assert ((wide.male - wide.female - wide.gap).abs() < 1e-9).all()      # gap = male - female, signed
-    assert set(rows[rows.attribute == 'age_group'].group) == {'<40', '40-59', '60-79', '80+'}
+    assert set(rows[rows.attribute == 'age_group'].group) == {'<40', '40-59', '60-79', '80+', 'gap'}   # gap: highest - lowest
     pens = rows[rows.metric != 'auc']
     assert len(pens) == 3 * 3 and set(pens.metric) == {'eq_loss', 'eq_odds', 'disp_impact'}
     assert (pens.group == 'all').all() and (pens.attribute == 'sex').all() and set(pens.split) == {'train', 'validation', 'test'}
@@ -107,7 +107,11 @@ def test_refuses_to_overwrite_a_finished_run(runs):
     (dict(data_dir='no/such/CheXpert-v1.0-small'), 'does not exist'),
     (dict(scheme='fair'), "Unknown scheme 'fair'; choose one of"),
     (dict(epochs=0), 'epochs must be an integer >= 1'),
-    (dict(alpha=-1.0), 'alpha must be a number >= 0'),
+    (dict(scheme='eq_loss', alpha=-1.0), 'alpha must be a number >= 0'),
+    (dict(scheme='eq_loss', alpha='abc'), 'alpha must be a number >= 0'),
+    (dict(alpha=1.0), r"scheme 'baseline' does not use alpha=1.0 \(a parameter of \['disp_impact', 'eq_loss'"),
+    (dict(scheme='margins'), "scheme 'margins' is not for chexpert"),
+    (dict(sensitive='young_old'), "sensitive='young_old' is not an attribute of chexpert"),
     (dict(preset='fast'), "Unknown preset 'fast'"),
     (dict(scheme='label_flip', flip_rate=1.5), r'flip_rate must lie in \[0, 1\]'),
     (dict(scheme='label_flip', flip_group='women'), "flip_group 'women' is not a group"),

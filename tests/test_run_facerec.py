@@ -39,7 +39,7 @@ def test_face_results(runs, name):
         assert m[m.group != 'gap'].value.between(lo, hi).all(), m
         wide = m.pivot(index='split', columns='group', values='value')
         assert ((wide.male - wide.female - wide.gap).abs() < 1e-9).all()
-    assert set(rows[(rows.attribute == 'age_group')].group) == {'young', 'old', 'gap'}
+    assert set(rows[(rows.attribute == 'young_old')].group) == {'young', 'old', 'gap'}
     hist = pd.read_csv(runs[name] / 'run' / 'history.csv')
     assert {'train_loss_male', 'train_loss_female', 'train_acc_gap', 'val_acc_male', 'val_acc_female', 'val_acc_gap'} <= set(hist.columns)
     assert (runs[name] / 'run' / 'model.pt').stat().st_size > 0
@@ -69,6 +69,8 @@ def test_margins_raise_the_margin_groups_loss(runs):
 
 @pytest.mark.parametrize('params,message', [
     (dict(scheme='eq_odds'), "scheme 'eq_odds' is not for faces"),
+    (dict(scheme='fair_features'), "scheme 'fair_features' is not for faces"),
+    (dict(scheme='minmax', margin=0.5), r"scheme 'minmax' does not use margin=0.5 \(a parameter of \['margins'\]\)"),
     (dict(scheme='margins', margin_group='women'), "margin_group 'women' is not a group"),
     (dict(scheme='margins', margin=1.2), r'margin must lie in \[0, 1\)'),
     (dict(backbone='resnet9'), "Unknown model 'resnet9'"),
