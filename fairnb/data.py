@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
-           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'check_groups',
-           'drop_bad_images', 'ImageTable', 'relabel_within_group']
+           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'split_sizes',
+           'check_groups', 'drop_bad_images', 'ImageTable', 'relabel_within_group']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -100,6 +100,12 @@ def group_composition(splits:dict, # split name -> DataFrame with a column named
     cols = {s: df[a.name].value_counts(normalize=normalize).reindex(range(a.n_groups), fill_value=0).values
             for s, df in splits.items()}
     return pd.DataFrame(cols, index=pd.Index(a.groups, name=a.name))
+
+# %% ../nbs/01_data.ipynb #e9921870
+def split_sizes(splits:dict): # split name -> DataFrame, with an `identity` or `patient` column when there is one
+    "Rows: splits; columns: images and the people in them."
+    people = lambda df: next((df[c].nunique() for c in ('identity', 'patient') if c in df), None)
+    return pd.DataFrame({s: {'images': len(df), 'people': people(df)} for s, df in splits.items()}).T
 
 # %% ../nbs/01_data.ipynb #d23b4f6e
 def check_groups(splits:dict, # split name -> DataFrame with a column named as the attribute
