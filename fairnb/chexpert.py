@@ -12,14 +12,13 @@ import pandas as pd
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from .core import build_once
-from .data import ImageTable, age_group, dataset_attributes, encode_sex, split_by_patient
+from .core import build_once, progress
+from .data import ImageTable, age_group, dataset_attributes, encode_sex, read_csv_rows, split_by_patient
 
 # %% auto #0
-__all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'BASE_PREVALENCE', 'VIEWS',
-           'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv', 'read_gray',
+__all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'FIX_CSV', 'BASE_PREVALENCE',
+           'VIEWS', 'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv', 'read_gray',
            'chexpert_transform', 'draw_chest', 'synthetic_patients', 'write_synthetic_chexpert', 'synthetic_chexpert',
            'select_views', 'chexpert_frames', 'chexpert_datasets']
 
@@ -67,6 +66,14 @@ def _check_columns(df, csv):
         raise ValueError(f'{csv} lacks column(s) {missing}. A CheXpert CSV starts with the header: '
                          + ','.join(CHEXPERT_COLUMNS) + '. Check the file is an unmodified train.csv/valid.csv.')
 
+FIX_CSV = 'Re-extract it from the CheXpert archive (a copy cut short or re-saved by an editor is damaged).'
+
+def _refuse(raw:pd.DataFrame, bad:pd.Series, column:str, csv:Path, what:str):
+    "Fail if any row is `bad`, naming the file, the first lines and their values of `column`."
+    if bad.any():
+        lines = ', '.join(f'line {n}: {v!r}' for n, v in zip(raw.line[bad][:3], raw[column][bad][:3]))
+        raise ValueError(f'{csv} has {int(bad.sum())} {column} value(s) that are not {what} ({lines}). {FIX_CSV}')
+
 def _image_path(root:Path, p:str):
     "Image file of a CSV `Path`: its first component (the dataset folder's name) replaced by `root`."
     return str(root/re.sub(r'^CheXpert-v1\.0[^/]*/', '', p))
@@ -76,9 +83,16 @@ def read_chexpert_csv(csv, # path of train.csv or valid.csv
                       uncertain:dict|None=None): # task -> what -1.0 becomes; default `UNCERTAIN`
     "One row per image: `file`, `patient`, `view`, `sex`, `age`, `age_group` and the 5 tasks (0/1)."
     csv = Path(csv); uncertain = {**UNCERTAIN, **(uncertain or {})}
-    raw = pd.read_csv(csv, dtype={'Path': str, 'Sex': str})
+    header, rows, lines = read_csv_rows(csv, FIX_CSV)
+    raw = pd.DataFrame(rows, columns=header).replace('', np.nan).assign(line=lines)
     _check_columns(raw, csv)
-    keep = raw.Sex.str.lower().isin(['male', 'female']) & pd.to_numeric(raw.Age, errors='coerce').notna()
+    _refuse(raw, raw.Age.notna() & pd.to_numeric(raw.Age, errors='coerce').isna(), 'Age', csv, 'an age in years')
+    for t in TASKS:
+        _refuse(raw, raw[t].notna() & ~pd.to_numeric(raw[t], errors='coerce').isin([1.0, 0.0, -1.0]), t, csv,
+                'a CheXpert label (1.0, 0.0, -1.0 or empty)')
+    no_sex = ~raw.Sex.fillna('').str.lower().isin(['male', 'female'])
+    drop = {'sex not Male or Female': no_sex, 'age missing': raw.Age.isna() & ~no_sex}
+    keep = ~(no_sex | raw.Age.isna())
     raw = raw[keep].reset_index(drop=True)
     df = pd.DataFrame({'file': [_image_path(csv.parent, p) for p in raw.Path],
                        'patient': raw.Path.str.extract(r'(patient\d+)', expand=False),
@@ -86,7 +100,8 @@ def read_chexpert_csv(csv, # path of train.csv or valid.csv
                        'age': pd.to_numeric(raw.Age).astype(int)})
     df['age_group'] = age_group(df.age)
     for t in TASKS: df[t] = map_labels(raw[t], uncertain[t])
-    df.attrs['n_dropped'] = int((~keep).sum())
+    df.attrs.update(csv=csv.name, n_dropped=int((~keep).sum()),
+                    dropped={r: [f'{csv.name} line {n}' for n in np.array(lines)[m.values]] for r, m in drop.items()})
     return df
 
 # %% ../nbs/02_chexpert.ipynb #83114028
@@ -186,7 +201,7 @@ def _csv_row(folder:str, r:dict, rng, uncertain:bool):
 def _write_split(root:Path, folder:str, rows:list, rng, size:int, contrast:dict, uncertain:bool):
     "Write one split's images and return its CSV lines."
     lines = []
-    for r in tqdm(rows, desc=f'synthetic CheXpert {folder}', leave=False):
+    for r in progress(rows, f'synthetic CheXpert {folder}', leave=False):
         fields = _csv_row(folder, r, rng, uncertain)
         img = draw_chest(r['true'], contrast[r['sex']], size, rng)
         f = root/fields[0].split('/', 1)[1]; f.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +241,7 @@ def select_views(df:pd.DataFrame, views:str='all'):
     "Rows of `df` whose `view` matches `views` ('all', 'frontal' or 'lateral')."
     if views not in VIEWS: raise ValueError(f'views must be one of {VIEWS}, got {views!r}.')
     out = df if views == 'all' else df[df.view.str.lower() == views].reset_index(drop=True)
-    if not len(out): raise ValueError(f'No {views} images in this CSV; use views=\'all\'.')
+    if not len(out): raise ValueError(f"{df.attrs.get('csv', 'this CSV')} holds no {views} images; use views='all'.")
     out.attrs = dict(df.attrs); return out
 
 # %% ../nbs/02_chexpert.ipynb #23931e56
@@ -240,7 +255,8 @@ def chexpert_frames(data_dir=None, # CheXpert folder; None: the built-in synthet
     full = select_views(read_chexpert_csv(d/'train.csv', uncertain), views)
     train, val = split_by_patient(full, val_frac, seed)
     test = select_views(read_chexpert_csv(d/'valid.csv', uncertain), views)
-    for df in (train, val): df.attrs['n_dropped'] = full.attrs['n_dropped']
+    dropped = {r: full.attrs['dropped'][r] + test.attrs['dropped'][r] for r in full.attrs['dropped']}
+    for df in (train, val, test): df.attrs.update(dropped=dropped, n_dropped=sum(map(len, dropped.values())))
     return {'train': train, 'validation': val, 'test': test}
 
 # %% ../nbs/02_chexpert.ipynb #c97e1e34

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3df4a132
 from __future__ import annotations
-import hashlib, inspect, io, json, os, random, shutil, tempfile, traceback
+import hashlib, inspect, io, json, os, random, shutil, socket, sys, tempfile, time, traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,9 +13,11 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'atomic_write_bytes', 'write_json', 'read_json',
-           'write_csv', 'save_torch', 'prepare_run_dir', 'config_differences', 'check_resume_config', 'write_failure',
-           'record_failure', 'apply_preset', 'check_config', 'cache_dir', 'build_once']
+__all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'umask_mode', 'atomic_write_bytes',
+           'write_json', 'read_json', 'write_csv', 'save_torch', 'progress_mode', 'EpochLines', 'progress',
+           'RunDirInUse', 'lock_run_dir', 'release_run_dir', 'prepare_run_dir', 'config_differences',
+           'check_resume_config', 'write_failure', 'record_failure', 'apply_preset', 'check_config', 'check_types',
+           'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -38,12 +40,18 @@ def get_device(device:str='auto'): # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     return dev
 
 # %% ../nbs/00_core.ipynb #16553d7c
+def umask_mode(base:int=0o666): # 0o666 for files, 0o777 for folders
+    "The mode a plain `open` (or `mkdir`) would give a new file under the process's umask."
+    mask = os.umask(0); os.umask(mask)
+    return base & ~mask
+
 def atomic_write_bytes(path, data:bytes):
-    "Write `data` to `path` through a temporary file renamed into place."
+    "Write `data` to `path` through a temporary file renamed into place, with the umask's permissions."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
@@ -77,16 +85,103 @@ def save_torch(path, obj):
     buf = io.BytesIO(); torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
+# %% ../nbs/00_core.ipynb #c0de0002
+PROGRESS_MODES = ('live', 'bars', 'lines')
+
+def _has_widgets():
+    try: import ipywidgets  # noqa: F401
+    except ImportError: return False
+    return True
+
+def progress_mode():
+    "'live' (widget bars), 'bars' (text bars) or 'lines' (one line per epoch): `FAIRNB_PROGRESS`, else a guess."
+    mode = os.environ.get('FAIRNB_PROGRESS')
+    if mode is not None:
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f'FAIRNB_PROGRESS must be one of {PROGRESS_MODES}, got {mode!r}.')
+        return mode
+    ipython = sys.modules.get('IPython'); shell = ipython.get_ipython() if ipython is not None else None
+    kernel = getattr(shell, 'kernel', None)
+    if kernel is not None:   # a Jupyter kernel: is someone at the front end?
+        if not kernel.get_parent().get('content', {}).get('allow_stdin', False): return 'lines'
+        return 'live' if _has_widgets() else 'bars'
+    return 'bars' if shell is None and sys.stderr.isatty() else 'lines'
+
+# %% ../nbs/00_core.ipynb #c0de0003
+class EpochLines:
+    "Iterate like a bar, but print one line per step when the caller reports its figures (`set_postfix`)."
+    def __init__(self, iterable, desc:str='', total:int|None=None, initial:int=0):
+        self.iterable, self.desc, self.total, self.n = iterable, desc, total, initial
+    def __iter__(self):
+        for x in self.iterable: self.n += 1; yield x
+    def set_postfix(self, figures:dict):
+        print(f'{self.desc} {self.n}/{self.total}: ' + ', '.join(f'{k} {v}' for k, v in figures.items()), flush=True)
+
+def progress(iterable, desc:str='', total:int|None=None, # default len(iterable)
+             per_step_line:bool=False, # in 'lines' mode print a line per step (epochs); else stay silent
+             **kwargs): # more tqdm arguments (leave, initial)
+    "`iterable` with the progress display that suits where the code runs (`progress_mode`)."
+    mode = progress_mode()
+    if mode == 'lines':
+        return EpochLines(iterable, desc, total if total is not None else len(iterable), kwargs.get('initial', 0)) \
+            if per_step_line else iterable
+    if mode == 'live': from tqdm.notebook import tqdm
+    else: from tqdm.std import tqdm
+    return tqdm(iterable, desc=desc, total=total, **kwargs)
+
 # %% ../nbs/00_core.ipynb #1b285b85
 RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json',
              'backbone_history.csv', 'backbone_checkpoint.pt')   # the last two: a fair-features run's own backbone
 KEPT_ON_RESUME = ('config.json', 'checkpoint.pt', 'history.csv', 'backbone_checkpoint.pt', 'backbone_history.csv')
 
+class RunDirInUse(RuntimeError):
+    "Another live process holds the run folder's lock."
+
+_HELD = {}   # resolved lock path -> open file holding the flock
+
+def _holder(path:Path):
+    try: return json.loads(path.read_text() or '{}')
+    except (OSError, ValueError): return {}
+
+def _take_flock(path:Path):
+    "An open file of `path` with an exclusive flock, or None if another process holds it."
+    import fcntl
+    while True:
+        f = open(path, 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError: f.close(); return None
+        try: same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError: same = False
+        if same: return f
+        f.close()   # released and removed by its holder meanwhile: lock the new file
+
+def lock_run_dir(out_dir):
+    "Lock `out_dir` for this process (re-entrant); fails if a live run holds it. Returns the lock file."
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); path = (out/'run.lock').resolve()
+    if path in _HELD: return path
+    f = _take_flock(path)
+    if f is None:
+        h = _holder(path)
+        raise RunDirInUse(f"{out} is in use by another run (process {h.get('pid', '?')} on {h.get('host', '?')}, "
+                          f"started {h.get('started', '?')}). Wait for it to end, or choose another out_dir.")
+    if (stale := _holder(path)): print(f"{out}: taking over the lock of process {stale.get('pid')} on "
+                                       f"{stale.get('host')}, which ended without releasing it.")
+    f.seek(0); f.truncate()
+    started = time.strftime('%Y-%m-%d %H:%M:%S')
+    f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': started}))
+    f.flush(); os.chmod(path, umask_mode()); _HELD[path] = f
+    return path
+
+def release_run_dir(out_dir):
+    "Release and remove this process's lock on `out_dir`, if it holds one."
+    path = (Path(out_dir)/'run.lock').resolve(); f = _HELD.pop(path, None)
+    if f is not None: path.unlink(missing_ok=True); f.close()
+
 def prepare_run_dir(out_dir, # folder for this run's files
                     overwrite:bool=False, # replace a finished run already there
                     resume:bool=False): # keep an unfinished run's files (its checkpoint) to continue it
-    "Create `out_dir` for a new run, refusing to replace a finished run unless `overwrite`."
-    out = Path(out_dir)
+    "Lock `out_dir` and clear it for a new run, refusing to replace a finished run unless `overwrite`."
+    out = Path(out_dir); lock_run_dir(out)
     if (out/'results.json').exists() and not overwrite:
         raise FileExistsError(f'{out} already holds a finished run (results.json). '
                               'Pass overwrite=True (papermill: -p overwrite True) or choose another out_dir.')
@@ -113,9 +208,10 @@ def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite')):
 
 # %% ../nbs/00_core.ipynb #a387b2ed
 def write_failure(out_dir, error:BaseException, tb=None): # the traceback; default: the error's own
-    "Write out_dir/failed.json with the error and its traceback, unless out_dir holds a finished run."
+    "Write out_dir/failed.json with the error and its traceback, unless the folder is not this run's to mark."
     out = Path(out_dir)
     if (out/'results.json').exists(): return None   # never mark a finished run as failed
+    if isinstance(error, RunDirInUse): return None  # nor a live run of another process
     lines = traceback.format_exception(type(error), error, tb if tb is not None else error.__traceback__)
     return write_json(out/'failed.json', {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines)})
 
@@ -128,11 +224,13 @@ def record_failure(out_dir):
 
 # %% ../nbs/00_core.ipynb #e753aed2
 def apply_preset(params:dict, # notebook parameters, with a 'preset' key
-                 presets:dict): # preset name -> default values
+                 presets:dict, # preset name -> default values
+                 synthetic:bool=False): # the built-in synthetic data: apply the preset's `on_synthetic` values
     "`params` with each None filled from its preset, plus the preset's other keys."
     name = params.get('preset')
     if name not in presets: raise ValueError(f'Unknown preset {name!r}; choose one of {sorted(presets)}.')
-    p = presets[name]
+    p = dict(presets[name]); on_synthetic = p.pop('on_synthetic', {})
+    if synthetic: p |= on_synthetic
     return ({k: p.get(k) if v is None else v for k, v in params.items()}
             | {k: v for k, v in p.items() if k not in params})
 
@@ -152,6 +250,25 @@ def check_config(config:dict, positive_ints=(), # keys that must be integers >= 
         if config[k] not in allowed: raise ValueError(f'{k} must be one of {tuple(allowed)}, got {config[k]!r}.')
     return config
 
+# %% ../nbs/00_core.ipynb #c0de0008
+_TYPE_NAMES = {int: 'an integer', float: 'a number', bool: 'True or False', str: 'a string', list: 'a list',
+               None: 'None'}
+
+def _is_type(v, t):
+    if t is None: return v is None
+    if t in (int, float) and isinstance(v, bool): return False
+    return isinstance(v, (int, float) if t is float else t)
+
+def check_types(config:dict, types:dict): # key -> a type (int, float, bool, str, list, None) or a tuple of them
+    "Fail naming the first parameter of `config` whose value is not of its type; returns `config`."
+    for k, t in types.items():
+        ts = t if isinstance(t, tuple) else (t,)
+        if k in config and not any(_is_type(config[k], x) for x in ts):
+            need = ' or '.join(_TYPE_NAMES[x] for x in ts)
+            raise ValueError(f'{k} must be {need}, got {config[k]!r} ({type(config[k]).__name__}). '
+                             f'(papermill reads -p values as YAML: -p {k} 3 is a number, -p {k} abc is text.)')
+    return config
+
 # %% ../nbs/00_core.ipynb #3be6b8e4
 def cache_dir():
     "Folder for datasets fairnb builds once and reuses."
@@ -169,7 +286,7 @@ def build_once(name:str, # folder name prefix with the generator's version, e.g.
     final = Path(root or cache_dir())/f"{name}-{hashlib.sha1(repr(sorted(params.items())).encode()).hexdigest()[:10]}"
     if not (final/'params.json').exists():
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.'))
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.')); os.chmod(tmp, umask_mode(0o777))
         try:
             build(tmp/subdir, **kwargs); write_json(tmp/'params.json', params)
             shutil.rmtree(final, ignore_errors=True); tmp.rename(final)

@@ -4,8 +4,10 @@
 
 # %% ../nbs/01_data.ipynb #f8cf3020
 from __future__ import annotations
-import copy, math, warnings
+import copy, csv, io, math, os, warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -13,12 +15,13 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from .core import progress
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
            'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'split_sizes',
-           'check_groups', 'drop_bad_images', 'ImageTable', 'relabel_within_group']
+           'check_groups', 'decode_text', 'read_csv_rows', 'find_bad_images', 'drop_bad_images', 'ImageTable',
+           'relabel_within_group']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -120,26 +123,68 @@ def check_groups(splits:dict, # split name -> DataFrame with a column named as t
                              'or another sensitive attribute.')
     return splits
 
+# %% ../nbs/01_data.ipynb #d4c0de02
+def decode_text(path, fix:str=''): # what to do about a damaged file, appended to the message
+    "The UTF-8 text of `path`; an undecodable byte fails naming the file and its line."
+    path = Path(path); data = path.read_bytes()
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise ValueError(f'{path} line {line}: byte {data[e.start]:#04x} is not UTF-8 text; the file is damaged or '
+                         f'was saved in another encoding. {fix}'.rstrip()) from None
+
+def read_csv_rows(path, fix:str=''): # what to do about a damaged file, appended to the message
+    "(header, rows, line numbers) of a CSV file, every row checked to hold the header's number of fields."
+    path = Path(path); text = decode_text(path, fix)
+    reader = csv.reader(io.StringIO(text), strict=True)
+    try: table = [(reader.line_num, r) for r in reader if r]   # blank lines skipped
+    except csv.Error as e:
+        raise ValueError(f'{path} line {reader.line_num}: {e}; the file is cut short or damaged. {fix}') from None
+    if not table: raise ValueError(f'{path} is empty. {fix}'.rstrip())
+    (_, header), rows = table[0], table[1:]
+    if not rows: raise ValueError(f'{path} holds a header but no rows. {fix}'.rstrip())
+    for n, r in rows:
+        if len(r) != len(header):
+            cut = ' and the file ends inside it: it was cut short' if n == rows[-1][0] and text[-1:] != '\n' else ''
+            raise ValueError(f'{path} line {n} has {len(r)} fields where the header has {len(header)}{cut}. {fix}')
+    return header, [r for _, r in rows], [n for n, _ in rows]
+
 # %% ../nbs/01_data.ipynb #cf940bc9
 def _bad_reason(file):
+    "Why `file` is no usable image ('missing', 'cannot be decoded: ...'), or None."
     try:
-        with Image.open(file) as im: im.verify()
+        with Image.open(file) as im:
+            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8))); im.load()
     except FileNotFoundError: return 'missing'
-    except Exception as e: return f'unreadable ({type(e).__name__})'
+    except Exception as e: return f'cannot be decoded ({type(e).__name__}: {e})'
 
-def drop_bad_images(df:pd.DataFrame, # with a `file` column
+def find_bad_images(files, # image paths
+                    workers:int|None=None, # threads; None: up to 8
+                    desc:str='images'):
+    "[(file, reason)] of the files that are missing or cannot be fully decoded."
+    files = list(files)
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(progress(pool.map(_bad_reason, files), f'checking {desc}', total=len(files), leave=False))
+    return [(f, r) for f, r in zip(files, reasons) if r]
+
+# %% ../nbs/01_data.ipynb #cf940bca
+def drop_bad_images(frames:dict, # split name -> DataFrame with a `file` column
                     on_bad:str='stop', # 'stop' or 'skip'
-                    split:str=''):
-    "`df` without rows whose image is missing or corrupt; stops instead unless `on_bad='skip'`."
+                    workers:int|None=None): # decoding threads
+    "`frames` without rows whose image is missing or corrupt; stops instead (naming all of them) unless 'skip'."
     if on_bad not in ('stop', 'skip'): raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad!r}.")
-    reasons = [_bad_reason(f) for f in tqdm(df.file, desc=f'checking {split} images', leave=False)]
-    bad = [(f, r) for f, r in zip(df.file, reasons) if r]
-    if bad and on_bad == 'stop':
-        raise OSError(f'{len(bad)} {split} image(s) are missing or corrupt, e.g. {bad[:3]}. '
-                      "Fix the files, or pass on_bad_image='skip' to leave them out (the run reports how many).")
-    if bad: warnings.warn(f'skipping {len(bad)} missing or corrupt {split} image(s), e.g. {bad[0]}')
-    out = df[[r is None for r in reasons]].reset_index(drop=True)
-    out.attrs = {**df.attrs, 'bad_images': [f for f, _ in bad]}
+    bad = {s: find_bad_images(df.file, workers, f'{s} images') for s, df in frames.items()}
+    found = {s: b for s, b in bad.items() if b}
+    listing = '; '.join(f'{s}: {len(b)}, e.g. {b[:3]}' for s, b in found.items())
+    if found and on_bad == 'stop':
+        raise OSError(f'{sum(map(len, found.values()))} image(s) are missing or cannot be decoded ({listing}). '
+                      "Fix the files, or pass on_bad_image='skip' to leave them out (the run reports which).")
+    if found: warnings.warn(f'skipping {sum(map(len, found.values()))} missing or corrupt image(s): {listing}')
+    out = {}
+    for s, df in frames.items():
+        gone = {f for f, _ in bad[s]}
+        out[s] = df[~df.file.isin(gone)].reset_index(drop=True)
+        out[s].attrs = {**df.attrs, 'bad_images': [f for f, _ in bad[s]]}
     return out
 
 # %% ../nbs/01_data.ipynb #7c01dcbf
@@ -152,12 +197,12 @@ class ImageTable(Dataset):
                  preload:bool=False, # decode every image once, up front
                  desc:str='images'): # progress-bar label
         self.read, self.transform = read, transform
-        self.targets = torch.as_tensor(np.asarray(targets))
+        self.targets = torch.as_tensor(np.array(targets))   # a copy: pandas may hand out read-only arrays
         self.attrs = {k: np.asarray(v, dtype=np.int64) for k, v in attrs.items()}
         for k, v in self.attrs.items():
             if len(v) != len(self.targets):
                 raise ValueError(f'attribute {k!r} has {len(v)} rows, targets {len(self.targets)}.')
-        self.images = ([read(i) for i in tqdm(range(len(self.targets)), desc=f'loading {desc}', leave=False)]
+        self.images = ([read(i) for i in progress(range(len(self.targets)), f'loading {desc}', leave=False)]
                        if preload else None)
 
     def __len__(self): return len(self.targets)
@@ -168,7 +213,7 @@ class ImageTable(Dataset):
 
     def with_targets(self, targets):
         "The same images and attributes with other targets (e.g. relabelled training data)."
-        new = copy.copy(self); new.targets = torch.as_tensor(np.asarray(targets))
+        new = copy.copy(self); new.targets = torch.as_tensor(np.array(targets))
         if len(new.targets) != len(self.targets):
             raise ValueError(f'{len(new.targets)} targets for {len(self)} samples.')
         return new

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm, trange
+from .core import progress
 
 from .data import ImageTable, get_attribute
 from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_correct
@@ -25,7 +25,7 @@ __all__ = ['predict', 'evaluate_split', 'split_evaluator', 'evaluate_faces', 'fa
 def predict(model, loader, device, activation:Callable|None=torch.sigmoid, desc:str='predict'):
     "(scores, targets, attrs) of `model` on `loader`, as NumPy arrays."
     model.eval(); outs, ys, attrs = [], [], {}
-    for x, y, a in tqdm(loader, desc=desc, leave=False):
+    for x, y, a in progress(loader, desc, leave=False):
         out = model(to_device(x, device))
         outs.append((activation(out) if activation else out).float().cpu()); ys.append(y)
         for k, v in a.items(): attrs.setdefault(k, []).append(v)
@@ -142,7 +142,7 @@ def probe_sensitive(model, loader, device,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); probe = SensitiveHead(x.shape[1], s.n_groups).to(device)
     opt, order = torch.optim.Adam(probe.parameters(), lr=lr), torch.Generator().manual_seed(seed)
-    for _, idx in zip(trange(steps, desc='probe', leave=False), shuffled_batches(len(x), batch_size, order)):
+    for _, idx in zip(progress(range(steps), 'probe', leave=False), shuffled_batches(len(x), batch_size, order)):
         loss = torch.nn.functional.cross_entropy(probe(x[idx.to(device)]), g[idx.to(device)])
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     return probe.eval()

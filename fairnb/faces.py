@@ -11,14 +11,13 @@ import pandas as pd
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from .core import build_once, config_differences, read_json
-from .data import Attribute, ImageTable, get_attribute, register_attribute
+from .core import build_once, config_differences, progress, read_json
+from .data import Attribute, ImageTable, decode_text, get_attribute, register_attribute
 
 # %% auto #0
-__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FACE_CROP', 'BACKBONE_KEYS', 'FACE_PRESETS', 'find_celeba_dir',
-           'read_celeba', 'face_splits', 'read_face', 'face_transform', 'face_code', 'draw_face',
+__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FIX_CELEBA', 'FACE_CROP', 'BACKBONE_KEYS', 'FACE_PRESETS',
+           'find_celeba_dir', 'read_celeba', 'face_splits', 'read_face', 'face_transform', 'face_code', 'draw_face',
            'write_synthetic_celeba', 'synthetic_celeba', 'face_datasets', 'backbone_run']
 
 # %% ../nbs/03_faces.ipynb #19d877bf
@@ -48,15 +47,39 @@ def find_celeba_dir(data_dir): # the `celeba` folder, or the folder holding it
     return d
 
 # %% ../nbs/03_faces.ipynb #b4491550
+FIX_CELEBA = "Re-extract it from the CelebA archive (or torchvision's download)."
+
+def _fields(path:Path):
+    "[(line number, fields)] of a whitespace-separated CelebA file, blank lines skipped."
+    rows = [(n, l.split()) for n, l in enumerate(decode_text(path, FIX_CELEBA).splitlines(), 1) if l.strip()]
+    if not rows: raise ValueError(f'{path} is empty. {FIX_CELEBA}')
+    return rows
+
+def _is_int(v:str): return v.lstrip('-').isdigit()
+
 def _read_attr_file(path:Path):
     "CelebA's count line + header + rows format, as a DataFrame indexed by file name."
-    lines = [l for l in path.read_text().splitlines() if l.strip()]
-    names, rows = lines[1].split(), [l.split() for l in lines[2:]]
-    bad = [r[0] for r in rows if len(r) != len(names) + 1]
-    if bad: raise ValueError(f'{path.name}: rows {bad[:3]} do not have {len(names)} values after the file name.')
-    if int(lines[0]) != len(rows):
-        raise ValueError(f'{path.name} announces {lines[0]} rows but holds {len(rows)}; the file is truncated.')
-    return pd.DataFrame([r[1:] for r in rows], index=[r[0] for r in rows], columns=names).astype(int)
+    (_, count), (_, names), *rows = _fields(path)
+    for n, r in rows:
+        if len(r) != len(names) + 1 or not all(map(_is_int, r[1:])):
+            raise ValueError(f'{path} line {n}: {" ".join(r[:4])} ... is not an image name and {len(names)} '
+                             f'integers. {FIX_CELEBA}')
+    if count != [str(len(rows))]:
+        raise ValueError(f'{path} announces {" ".join(count)} rows but holds {len(rows)}; the file is truncated. '
+                         f'{FIX_CELEBA}')
+    return pd.DataFrame([r[1:] for _, r in rows], index=[r[0] for _, r in rows], columns=names).astype(int)
+
+def _read_pairs(path:Path, column:str):
+    "A CelebA file of '<image> <integer>' lines as a Series indexed by image name; each line checked."
+    rows = _fields(path)
+    for n, r in rows:
+        if len(r) != 2 or not _is_int(r[1]):
+            raise ValueError(f'{path} line {n}: {" ".join(r)!r} is not an image name and its {column} '
+                             f'(an integer). {FIX_CELEBA}')
+    out = pd.Series([int(r[1]) for _, r in rows], index=[r[0] for _, r in rows], name=column)
+    if out.index.duplicated().any():
+        raise ValueError(f'{path} lists {out.index[out.index.duplicated()][0]} twice. {FIX_CELEBA}')
+    return out
 
 # %% ../nbs/03_faces.ipynb #db45398a
 def read_celeba(data_dir): # the celeba folder (or its parent)
@@ -66,14 +89,13 @@ def read_celeba(data_dir): # the celeba folder (or its parent)
     missing = [a for a in ('Male', 'Young') if a not in attrs.columns]
     if missing: raise ValueError(f'list_attr_celeba.txt lacks attribute column(s) {missing}; '
                                  'its header must name the 40 CelebA attributes.')
-    ids = pd.read_csv(d/'identity_CelebA.txt', sep=r'\s+', header=None, names=['image', 'identity'], index_col=0)
-    part = pd.read_csv(d/'list_eval_partition.txt', sep=r'\s+', header=None, names=['image', 'partition'], index_col=0)
-    lost = attrs.index.difference(ids.index)
-    if len(lost): raise ValueError(f'{len(lost)} images of list_attr_celeba.txt have no identity in '
-                                   f'identity_CelebA.txt (e.g. {lost[0]}).')
+    ids, part = _read_pairs(d/'identity_CelebA.txt', 'identity'), _read_pairs(d/'list_eval_partition.txt', 'partition')
+    for name, s in (('identity_CelebA.txt', ids), ('list_eval_partition.txt', part)):
+        lost = attrs.index.difference(s.index)
+        if len(lost): raise ValueError(f'{len(lost)} images of list_attr_celeba.txt have no {s.name} in {name} '
+                                       f'(e.g. {lost[0]}). {FIX_CELEBA}')
     df = pd.DataFrame({'image': attrs.index, 'file': [str(d/'img_align_celeba'/f) for f in attrs.index],
-                       'identity': ids.identity.reindex(attrs.index).values,
-                       'partition': part.partition.reindex(attrs.index).values})
+                       'identity': ids.reindex(attrs.index).values, 'partition': part.reindex(attrs.index).values})
     df['sex'] = (attrs.Male.values < 0).astype(np.int64); df['young_old'] = (attrs.Young.values < 0).astype(np.int64)
     return pd.concat([df, (attrs.reset_index(drop=True) > 0).astype(np.int64)], axis=1)
 
@@ -87,7 +109,8 @@ def face_splits(df:pd.DataFrame, # from `read_celeba`
     rng = np.random.default_rng(seed); ids = np.sort(df.identity.unique()); rng.shuffle(ids)
     n_test = n_test_ids if n_test_ids is not None else round(test_frac * len(ids))
     if not 0 < n_test < len(ids):
-        raise ValueError(f'n_test_ids must lie between 1 and {len(ids) - 1} identities, got {n_test}.')
+        raise ValueError(f'n_test_ids must lie between 1 and {len(ids) - 1} (the identities less one), got {n_test}; '
+                         'set n_test_ids (papermill: -p n_test_ids N), or leave it None for 10% of them.')
     is_test = df.identity.isin(ids[:n_test]); rest = df[~is_test]
     counts = rest.identity.value_counts()
     val = (rest[rest.identity.isin(counts[counts >= val_min_images].index)]
@@ -181,7 +204,7 @@ def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
               for i, f in people]
     order = rng.permutation([p for p in range(n_ids) for _ in range(people[p][4])])
     ident, attrs, marks = [], [], []
-    for k, p in enumerate(tqdm(order, desc='synthetic CelebA', leave=False)):
+    for k, p in enumerate(progress(order, 'synthetic CelebA', leave=False)):
         i, female, code, av, _ = people[p]; name = f'{k + 1:06d}.jpg'
         img, lm = draw_face(code, female_jitter if female else 1.0, rng)
         Image.fromarray(img).save(root/'img_align_celeba'/name, quality=90)
@@ -245,5 +268,5 @@ FACE_PRESETS = {
                 sirn_epochs=30, sirn_lr=1e-3),
     'paper': dict(backbone='resnet18', width=None, emb_size=512, img_size=112, epochs=120, batch_size=512, lr=0.1,
                   milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8,
-                  sirn_epochs=30, sirn_lr=1e-3),
+                  sirn_epochs=30, sirn_lr=1e-3, on_synthetic=dict(n_test_ids=None)),   # 1000: more than it has
 }

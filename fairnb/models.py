@@ -140,7 +140,7 @@ def create_model(name:str, # a key of `MODELS`
     build = MODELS[check_model_name(name)]
     takes = list(inspect.signature(build).parameters)
     given = ({k: v for k, v in kwargs.items() if v is not None}
-             | {k: v for k, v in (optional or {}).items() if k in takes})
+             | {k: v for k, v in (optional or {}).items() if k in takes and v is not None})
     extra = sorted(set(given) - set(takes))
     if extra: raise ValueError(f'model {name!r} takes no {extra}; it takes {takes}.')
     return build(**given)

@@ -16,11 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from fastcore.basics import patch
 
-from .core import (apply_preset, check_config, check_resume_config, get_device, prepare_run_dir, read_json,
-                         record_failure, save_torch, seed_everything, write_csv, write_failure, write_json)
+from .core import (RunDirInUse, apply_preset, check_config, check_resume_config, check_types, get_device,
+                         lock_run_dir, prepare_run_dir, read_json, record_failure, release_run_dir, save_torch,
+                         seed_everything, write_csv, write_failure, write_json)
 from .data import check_groups, drop_bad_images, get_attribute
-from .chexpert import CHEXPERT_PRESETS, TASKS, chexpert_datasets, chexpert_frames
-from .faces import FACE_PRESETS, backbone_run, face_datasets, face_splits, read_celeba, synthetic_celeba
+from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexpert_frames, find_chexpert_dir
+from .faces import (FACE_PRESETS, backbone_run, face_datasets, face_splits, find_celeba_dir, read_celeba,
+                          synthetic_celeba)
 from .losses import MarginLoss, pos_weights, weighted_bce
 from .models import SIRN, CosFace, check_model_name, create_model, load_weights
 from .schemes import SCHEMES, Scheme, get_scheme
@@ -30,10 +32,11 @@ from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discrimin
 from .report import write_results
 
 # %% auto #0
-__all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'Problem', 'check_female_share', 'check_fair_features',
-           'resolve_config', 'Run', 'watch_failures', 'unwatch_failures', 'start_run', 'Model', 'Data', 'chexpert_data',
-           'chexpert_model', 'train_chexpert', 'evaluate_chexpert', 'face_data', 'face_model', 'train_face_model',
-           'evaluate_face_model', 'face_backbone', 'Game', 'sirn_game', 'evaluate_fair_features', 'fair_features_state']
+__all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'PARAM_TYPES', 'Problem', 'check_female_share', 'check_chexpert',
+           'check_faces', 'check_fair_features', 'resolve_config', 'Run', 'watch_failures', 'unwatch_failures',
+           'start_run', 'Model', 'Data', 'chexpert_data', 'chexpert_model', 'train_chexpert', 'evaluate_chexpert',
+           'face_data', 'face_model', 'train_face_model', 'evaluate_face_model', 'face_backbone', 'Game', 'sirn_game',
+           'evaluate_fair_features', 'fair_features_state']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -58,29 +61,46 @@ def check_female_share(config:dict):
         raise ValueError(f"female_share must lie in (0, 1) and is for the synthetic CelebA only (data_dir=None); "
                          f"got {fs!r} with data_dir={config['data_dir']!r}.")
 
+def check_chexpert(config:dict):
+    "`views` is one CheXpert has; a `data_dir`, when given, is a CheXpert folder."
+    check_config(config, choices={'views': VIEWS})
+    if config.get('data_dir'): find_chexpert_dir(config['data_dir'])
+
+def check_faces(config:dict):
+    "A `data_dir`, when given, is a CelebA folder; `female_share` is for the synthetic one."
+    if config.get('data_dir'): find_celeba_dir(config['data_dir'])
+    check_female_share(config)
+
 def check_fair_features(config:dict):
     "The face checks, and a `backbone_checkpoint` that matches this run."
-    check_female_share(config)
+    check_faces(config)
     if config['backbone_checkpoint']: backbone_run(config['backbone_checkpoint'], config)
 
 # %% ../nbs/11_run.ipynb #a11c0009
 FACE_INTS, FACE_POSITIVE = ('epochs', 'batch_size', 'img_size', 'emb_size'), ('lr', 's')
 PROBLEM_SPECS = {
     'chexpert': Problem('chexpert', CHEXPERT_PRESETS, 'chexpert', ('sex', 'age_group'), 'model',
-                        'reports/chexpert_{scheme}', ('epochs', 'batch_size', 'img_size'), ('lr',)),
+                        'reports/chexpert_{scheme}', ('epochs', 'batch_size', 'img_size'), ('lr',), check_chexpert),
     'faces': Problem('faces', FACE_PRESETS, 'celeba', ('sex', 'young_old'), 'backbone', 'reports/facerec_{scheme}',
-                     FACE_INTS, FACE_POSITIVE, check_female_share),
+                     FACE_INTS, FACE_POSITIVE, check_faces),
     'fair_features': Problem('fair_features', FACE_PRESETS, 'celeba', ('sex', 'young_old'), 'backbone',
                              'reports/fair_features', FACE_INTS + ('sirn_epochs',), FACE_POSITIVE + ('sirn_lr',),
                              check_fair_features, 'fair_features'),
 }
+
+# %% ../nbs/11_run.ipynb #a11c0036
+PARAM_TYPES = {'seed': int, 'num_workers': int, 'overwrite': bool, 'resume': bool, 'preload': bool,
+               'width': (int, None), 'n_test_ids': (int, None), 'female_share': (float, None), 'm': float,
+               'milestones': list, 'data_dir': (str, None), 'weights_path': (str, None),
+               'backbone_checkpoint': (str, None), 'out_dir': str, 'device': str, 'sensitive': str, 'scheme': str,
+               'preset': str, 'views': str, 'model': str, 'backbone': str, 'on_bad_image': str}
 
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
 
 def resolve_config(spec:Problem, params:dict):
     "(config, scheme): the preset applied, every value checked, the scheme built from its own parameters."
-    config = apply_preset(params, spec.presets)
+    config = check_types(apply_preset(params, spec.presets, synthetic=params.get('data_dir') is None), PARAM_TYPES)
     own = {k: config.pop(k) for k in list(config) if k in _scheme_params()}
     a = get_attribute(config['sensitive'])
     if spec.dataset not in a.datasets:
@@ -145,13 +165,17 @@ def start_run(problem:str, # a key of `PROBLEM_SPECS`
     spec = PROBLEM_SPECS[problem]
     params = ({'scheme': spec.scheme} if spec.scheme else {}) | params
     out_dir = params.get('out_dir') or spec.out_dir.format(**params)
-    with record_failure(out_dir):
-        config, scheme = resolve_config(spec, params | {'out_dir': out_dir})
-        out = prepare_run_dir(out_dir, config['overwrite'], config['resume'])
-        if config['resume']: check_resume_config(out, config)
-        seed_everything(config['seed'])
-        device = get_device(config['device'])
-        write_json(out/'config.json', config)
+    lock_run_dir(out_dir)     # before anything is written there: the folder may be another live run's
+    try:
+        with record_failure(out_dir):
+            config, scheme = resolve_config(spec, params | {'out_dir': out_dir})
+            out = prepare_run_dir(out_dir, config['overwrite'], config['resume'])
+            if config['resume']: check_resume_config(out, config)
+            seed_everything(config['seed'])
+            device = get_device(config['device'])
+            write_json(out/'config.json', config)
+    except BaseException:
+        release_run_dir(out_dir); raise
     watch_failures(out)
     return Run(spec, config, out, device, scheme, time.time())
 
@@ -187,11 +211,11 @@ def train(self:Run, model:Model, train, # the training dataset
 def finish(self:Run, model_state, # what model.pt holds: a state dict, or a dict of them
             rows:pd.DataFrame, # the results rows
             data:dict|None=None): # facts about the data
-    "Save model.pt, then results.json, atomically; stop recording failures. Returns the results file."
+    "Save model.pt, then results.json, atomically; stop recording failures; release the folder."
     with self:
         save_torch(self.out/'model.pt', model_state)
         path = write_results(self.out, self.config, rows, time.time() - self.t0, data=data)
-    unwatch_failures()
+    unwatch_failures(); release_run_dir(self.out)
     return path
 
 # %% ../nbs/11_run.ipynb #a11c0022
@@ -206,9 +230,11 @@ def chexpert_data(run:Run):
     "The run's CheXpert splits, checked, as `Data`."
     c = run.config
     frames = chexpert_frames(c['data_dir'], seed=c['seed'], views=c['views'])
-    frames = {s: drop_bad_images(df, c['on_bad_image'], s) for s, df in frames.items()}
+    frames = drop_bad_images(frames, c['on_bad_image'], c['num_workers'] or None)
     check_groups(frames, run.attribute)
-    facts = {'rows_dropped_missing_sex_or_age': frames['train'].attrs['n_dropped'] + frames['test'].attrs['n_dropped'],
+    dropped = frames['train'].attrs['dropped']
+    facts = {'rows_dropped': {r: len(v) for r, v in dropped.items()},
+             'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
              'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()}}
     datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
@@ -242,7 +268,8 @@ def face_data(run:Run):
     "The run's face splits (CelebA or the synthetic one), checked, as `Data`."
     c = run.config
     share = {} if c.get('female_share') is None else {'female_share': c['female_share']}
-    checked = drop_bad_images(read_celeba(c['data_dir'] or synthetic_celeba(**share)), c['on_bad_image'], 'CelebA')
+    checked = drop_bad_images({'CelebA': read_celeba(c['data_dir'] or synthetic_celeba(**share))}, c['on_bad_image'],
+                              c['num_workers'] or None)['CelebA']
     frames = face_splits(checked, n_test_ids=c['n_test_ids'], holdout_frac=0.1 if run.scheme.needs_holdout else 0.0,
                          seed=c['seed'])
     check_groups(frames, run.attribute)

@@ -11,9 +11,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm, trange
 
-from .core import save_torch
+from .core import progress, save_torch
 from .data import get_attribute
 from .losses import group_losses
 from .schemes import BatchOut, Scheme
@@ -52,7 +51,7 @@ def train_epoch(model, loader, criterion:Callable, # (outputs, targets, groups) 
     "Train one epoch; returns mean loss, objective, per-group losses and the scheme's logs."
     model.train(); attr = scheme.attribute; G = attr.n_groups
     sums, counts, obj, logs, n = torch.zeros(G), torch.zeros(G), 0.0, {}, 0
-    for b, batch in enumerate(tqdm(loader, desc=f'epoch {epoch}', leave=False)):
+    for b, batch in enumerate(progress(loader, f'epoch {epoch}', leave=False)):
         out = batch_out(model, criterion, batch, attr, device, scheme)
         hold = batch_out(model, criterion, next(holdout), attr, device) if scheme.needs_holdout else None
         loss = scheme(out, hold)
@@ -133,7 +132,8 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
     start, history = (1, [])
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start, history = restore_checkpoint(load_checkpoint(checkpoint), **parts)
-    bar = trange(start, epochs + 1, initial=start - 1, total=epochs, desc=f'training ({scheme.name})')
+    bar = progress(range(start, epochs + 1), f'training ({scheme.name}), epoch', total=epochs, per_step_line=True,
+                   initial=start - 1)
     for epoch in bar:
         t0 = time.time(); row = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}
         hold = cycle(holdout) if holdout is not None else None

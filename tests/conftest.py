@@ -20,5 +20,15 @@ def run_notebook(name, dest, **params):
     import papermill as pm
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return pm.execute_notebook(str(NBS / name), str(dest / name), parameters=params,
-                               cwd=str(dest), progress_bar=False, kernel_name='python3')
+    # A loaded 2-core runner can be slow to start a kernel and to flush a cell's output: generous timeouts
+    # (nbclient's default wait for output after a cell is 4 s); a cell that hangs still fails, after 30 minutes.
+    return pm.execute_notebook(str(NBS / name), str(dest / name), parameters=params, cwd=str(dest), progress_bar=False,
+                               kernel_name='python3', start_timeout=300, iopub_timeout=120, execution_timeout=1800)
+
+
+def stream_outputs(notebook, name=None):
+    "The text of every stream output of an executed notebook (name: 'stdout' or 'stderr'; None: both)."
+    import nbformat
+    nb = nbformat.read(str(notebook), as_version=4)
+    return [o['text'] for c in nb.cells for o in c.get('outputs', [])
+            if o['output_type'] == 'stream' and name in (None, o['name'])]

@@ -98,7 +98,7 @@ def test_full_version_folder_with_lateral_views(small, tmp_path):
     n_all = sum(len(every[s]) for s in ('train', 'validation'))
     frontal = chexpert_frames(tmp_path, views='frontal')
     assert n_all - sum(len(frontal[s]) for s in ('train', 'validation')) == 1
-    with pytest.raises(ValueError, match="No lateral images"):       # valid.csv has none here
+    with pytest.raises(ValueError, match="valid.csv holds no lateral images"):       # valid.csv has none here
         chexpert_frames(full, views='lateral')
     lat = select_views(read_chexpert_csv(full / 'train.csv'), 'lateral')
     assert len(lat) == 1 and lat.file.iloc[0].endswith('view2_lateral.jpg')

@@ -107,7 +107,10 @@ def test_resume_reuses_both_checkpoints(own, tmp_path):
     run_notebook('run_fair_features.ipynb', tmp_path, **SMOKE, alpha=1.0, penalized_group='male', out_dir=str(run), resume=True)
     _, a = read_results(own / 'run')
     _, b = read_results(run)
+    assert (a.value.isna() == b.value.isna()).all()
     assert np.allclose(a.value.to_numpy(dtype=float), b.value.to_numpy(dtype=float), equal_nan=True, atol=1e-6)
+    for f in ('backbone_history.csv', 'history.csv'):     # the checkpoints' rows, timings too: nothing trained again
+        pd.testing.assert_frame_equal(pd.read_csv(own / 'run' / f), pd.read_csv(run / f))
 
 
 @pytest.mark.parametrize('params,message', [

@@ -1,11 +1,14 @@
 "Papermill executions of the CheXpert experiment notebook, end to end, on the synthetic data."
 import json
+import os
+import stat
 
+import numpy as np
 import pandas as pd
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import run_notebook
+from conftest import run_notebook, stream_outputs
 from fairnb.chexpert import TASKS
 from fairnb.report import read_results
 
@@ -72,6 +75,52 @@ def test_run_folder(runs, scheme):
     assert (d / 'model.pt').stat().st_size > 0
     executed = (runs[scheme] / 'run_chexpert.ipynb').read_text()
     assert 'AUC by sex' in executed and 'mean AUC gap (male - female)' in executed
+    umask = os.umask(0); os.umask(umask)
+    for f in ('config.json', 'history.csv', 'checkpoint.pt', 'model.pt', 'results.json'):   # as a plain write gives
+        assert stat.S_IMODE((d / f).stat().st_mode) == 0o666 & ~umask, f
+
+
+@pytest.mark.parametrize('scheme', SCHEMES)
+def test_report_is_for_reading(runs, scheme):
+    "The executed report holds no progress bars and no warnings: one line per epoch, then the results."
+    report = runs[scheme] / 'run_chexpert.ipynb'
+    assert stream_outputs(report, 'stderr') == []
+    lines = ''.join(stream_outputs(report, 'stdout')).splitlines()
+    epochs = [l for l in lines if l.startswith('training (')]
+    assert len(epochs) == json.loads((runs[scheme] / 'run' / 'config.json').read_text())['epochs']
+    assert len(lines) < 15, lines
+
+
+def test_penalty_rows_recomputed_from_the_saved_model(runs):
+    "model.pt evaluated afresh, with the penalty functions themselves, gives results.json's penalties (1e-6)."
+    import torch
+    from torch.utils.data import DataLoader
+    from fairnb.chexpert import chexpert_datasets, chexpert_frames
+    from fairnb.losses import get_penalty, pos_weights, weighted_bce
+    from fairnb.models import create_model
+    d = runs['eq_odds_holdout'] / 'run'
+    rec, rows = read_results(d)
+    c = rec['config']
+    ds = chexpert_datasets(chexpert_frames(c['data_dir'], seed=c['seed'], views=c['views']), c['img_size'], preload=False)
+    net = create_model(c['model'], optional={'width': c['width']}, num_classes=len(TASKS))
+    net.load_state_dict(torch.load(d / 'model.pt', weights_only=True)); net.eval()
+    pw = pos_weights(ds['train'].targets)
+    for split, key in (('train', 'train_eval'), ('validation', 'validation'), ('test', 'test')):
+        batches = list(DataLoader(ds[key], batch_size=c['batch_size']))
+        with torch.no_grad(): logits = torch.cat([net(x) for x, _, _ in batches])
+        y, g = torch.cat([b[1] for b in batches]), torch.cat([b[2]['sex'] for b in batches])
+        losses, probs = weighted_bce(logits, y, pos_weight=pw), torch.sigmoid(logits)
+        for name in ('eq_loss', 'eq_odds', 'disp_impact'):
+            want = rows[(rows.split == split) & (rows.metric == name)].value.item()
+            got = float(get_penalty(name)(losses.double(), probs.double(), y.double(), g, 2))
+            assert abs(got - want) < 1e-6, (split, name, got, want)
+
+
+def test_planted_disparity_shows_in_a_short_baseline(runs):
+    "The synthetic CheXpert makes women's findings fainter and their labels noisier: a baseline sees it on every split."
+    _, rows = read_results(runs['baseline'] / 'run')
+    gap = rows[(rows.attribute == 'sex') & (rows.group == 'gap') & (rows.task == 'mean')].set_index('split').value
+    assert (gap > 0).all(), gap
 
 
 @pytest.mark.parametrize('scheme', SCHEMES[1:])
@@ -117,9 +166,13 @@ def test_refuses_to_overwrite_a_finished_run(runs):
     (dict(scheme='label_flip', flip_group='women'), "flip_group 'women' is not a group"),
     (dict(scheme='eq_odds', penalty_on='test'), "penalty_on must be one of"),
     (dict(views='AP'), "views must be one of"),
+    (dict(seed='abc'), r"seed must be an integer, got 'abc' \(str\)"),
+    (dict(resume='yes'), 'resume must be True or False'),
+    (dict(lr='abc'), "lr must be > 0, got 'abc'"),
 ])
 def test_bad_parameters_fail_before_training(tmp_path, params, message):
     with pytest.raises(PapermillExecutionError, match=message):
         run_notebook('run_chexpert.ipynb', tmp_path, **{'preset': 'smoke', 'out_dir': str(tmp_path / 'run'), **params})
-    assert not (tmp_path / 'run' / 'history.csv').exists()
-    assert not (tmp_path / 'run' / 'results.json').exists()
+    failed = json.loads((tmp_path / 'run' / 'failed.json').read_text())    # recorded, and raised by start_run itself
+    assert 'start_run' in failed['traceback'] and 'chexpert_data' not in failed['traceback']
+    assert not (tmp_path / 'run' / 'results.json').exists() and not (tmp_path / 'run' / 'checkpoint.pt').exists()

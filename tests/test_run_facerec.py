@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import run_notebook
+from conftest import run_notebook, stream_outputs
 from fairnb.report import read_results
 
 RUNS = {
@@ -45,6 +45,21 @@ def test_face_results(runs, name):
     assert (runs[name] / 'run' / 'model.pt').stat().st_size > 0
     if name == 'eq_loss_holdout':
         assert hist.train_penalty.notna().all()
+
+
+def test_same_seed_same_face_results(runs, tmp_path):
+    run_notebook('run_facerec.ipynb', tmp_path, scheme='baseline', preset='smoke', out_dir=str(tmp_path / 'run'))
+    _, a = read_results(runs['baseline'] / 'run')
+    _, b = read_results(tmp_path / 'run')
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize('name', list(RUNS))
+def test_face_report_is_for_reading(runs, name):
+    "No progress bars and no warnings in the executed report (e.g. NumPy's non-writable array warning)."
+    report = runs[name] / 'run_facerec.ipynb'
+    assert stream_outputs(report, 'stderr') == []
+    assert sum(l.startswith('training (') for l in ''.join(stream_outputs(report, 'stdout')).splitlines()) == 1
 
 
 def test_label_flip_relabels_before_training(runs):
