@@ -122,9 +122,9 @@ def progress(iterable, desc:str='', total:int|None=None, # default len(iterable)
              **kwargs): # more tqdm arguments (leave, initial)
     "`iterable` with the progress display that suits where the code runs (`progress_mode`)."
     mode = progress_mode()
+    if mode == 'lines' and not per_step_line: return iterable
     if mode == 'lines':
-        return EpochLines(iterable, desc, total if total is not None else len(iterable), kwargs.get('initial', 0)) \
-            if per_step_line else iterable
+        return EpochLines(iterable, desc, len(iterable) if total is None else total, kwargs.get('initial', 0))
     if mode == 'live': from tqdm.notebook import tqdm
     else: from tqdm.std import tqdm
     return tqdm(iterable, desc=desc, total=total, **kwargs)
