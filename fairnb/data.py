@@ -19,9 +19,9 @@ from .core import progress
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
-           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'split_sizes',
-           'check_groups', 'decode_text', 'read_csv_rows', 'find_bad_images', 'drop_bad_images', 'ImageTable',
-           'relabel_within_group']
+           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'composition_rows',
+           'split_sizes', 'check_groups', 'decode_text', 'read_csv_rows', 'find_bad_images', 'drop_bad_images',
+           'ImageTable', 'relabel_within_group']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -103,6 +103,14 @@ def group_composition(splits:dict, # split name -> DataFrame with a column named
     cols = {s: df[a.name].value_counts(normalize=normalize).reindex(range(a.n_groups), fill_value=0).values
             for s, df in splits.items()}
     return pd.DataFrame(cols, index=pd.Index(a.groups, name=a.name))
+
+# %% ../nbs/01_data.ipynb #e9921881
+def composition_rows(splits:dict, # split name -> DataFrame with a column named as the attribute
+                     attribute): # an `Attribute` or its name
+    "Results rows: each group's share of each split's images (metric 'share', task 'images')."
+    t = group_composition(splits, attribute)
+    return [dict(split=s, attribute=t.index.name, group=g, task='images', metric='share', value=float(t.loc[g, s]))
+            for s in t.columns for g in t.index]
 
 # %% ../nbs/01_data.ipynb #e9921870
 def split_sizes(splits:dict): # split name -> DataFrame, with an `identity` or `patient` column when there is one

@@ -17,8 +17,8 @@ from .core import read_json, write_json
 from .data import get_attribute
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'paper_table', 'gap_summary',
-           'plot_groups', 'plot_history', 'sirn_table', 'plot_game']
+__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'find_runs', 'collect_runs',
+           'mean_interval', 'paper_table', 'gap_summary', 'plot_groups', 'plot_history', 'sirn_table', 'plot_game']
 
 # %% ../nbs/10_report.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
@@ -60,6 +60,50 @@ def read_results(path): # a results.json, or the run folder holding it
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.report.write_results.')
     rows = pd.DataFrame(validate_rows(rec['rows']), columns=list(ROW_KEYS))
     return rec, rows.assign(value=rows.value.astype(float))
+
+# %% ../nbs/10_report.ipynb #c011ec02
+def find_runs(root): # a folder holding run folders, at any depth
+    "(finished, unfinished): sorted run folders under `root`, with and without `results.json`."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f'{root} is not a folder of runs.')
+    finished = sorted(p.parent for p in root.rglob('results.json'))
+    started = {p.parent for n in ('config.json', 'failed.json') for p in root.rglob(n)}
+    return finished, sorted(started - set(finished))
+
+# %% ../nbs/10_report.ipynb #c011ec04
+def _hashable(v): return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+def _run_record(run): # a run folder, or a (config, rows) pair
+    if isinstance(run, (str, Path)): rec, rows = read_results(run); return rec['config'], rows, str(run)
+    config, rows = run
+    return config, rows, None
+
+def collect_runs(runs): # a folder of runs, or an iterable of run folders or (config, rows) pairs
+    "One long DataFrame: every run's results rows, with its parameters as columns and its folder as `run`."
+    unfinished = []
+    if isinstance(runs, (str, Path)): runs, unfinished = find_runs(runs)
+    frames, seen = [], set()
+    for i, run in enumerate(runs):
+        config, rows, folder = _run_record(run)
+        folder = folder or f'#{i}'
+        if folder in seen: raise ValueError(f'run {folder} is given twice: its rows would count twice.')
+        seen.add(folder)
+        clash = sorted(set(config) & {*ROW_KEYS, 'run'})
+        if clash: raise ValueError(f'run {folder}: config keys {clash} clash with the results columns.')
+        frames.append(rows.assign(run=folder, **{k: [_hashable(v)] * len(rows) for k, v in config.items()}))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ROW_KEYS, 'run'])
+    out.attrs['unfinished'] = [str(p) for p in unfinished]
+    return out
+
+# %% ../nbs/10_report.ipynb #c011ec07
+def mean_interval(values, level:float=0.95): # one figure per seed
+    "(mean, low, high, n): the mean over seeds and its Student-t interval; NaN bounds with fewer than 2 values."
+    from scipy import stats
+    v = np.asarray(values, dtype=float); v = v[~np.isnan(v)]; n = len(v)
+    if n == 0: return (np.nan, np.nan, np.nan, 0)
+    if n == 1: return (float(v[0]), np.nan, np.nan, 1)
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return (float(v.mean()), float(v.mean() - half), float(v.mean() + half), n)
 
 # %% ../nbs/10_report.ipynb #8f948a3a
 def paper_table(rows:pd.DataFrame, # long-form results rows
@@ -134,16 +178,15 @@ PAPER_TABLE3 = pd.DataFrame(
 def sirn_table(runs): # iterable of run folders, or of (config, rows) pairs
     "Table 3's layout in percent: test accuracy per group, the gap and discriminator accuracy, per (penalized, alpha)."
     out = []
-    for run in runs:
-        if isinstance(run, (str, Path)): rec, rows = read_results(run); config = rec['config']
-        else: config, rows = run
-        test = rows[(rows.split == 'test') & (rows.attribute == config['sensitive']) & (rows.task == 'identification')]
+    for _, r in collect_runs(runs).groupby('run', sort=False):
+        c = r.iloc[0]
+        test = r[(r.split == 'test') & (r.attribute == c['sensitive']) & (r.task == 'identification')]
         acc = test[test.metric == 'accuracy'].set_index('group').value
         sens = test[(test.metric == 'sensitive_accuracy') & (test.group == 'all')].value
-        if sens.empty: raise ValueError(f"a run of scheme {config.get('scheme')!r} has no sensitive_accuracy rows; "
+        if sens.empty: raise ValueError(f"a run of scheme {c.get('scheme')!r} has no sensitive_accuracy rows; "
                                         'sirn_table reads fair_features runs.')
         probe = test[(test.metric == 'probe_accuracy') & (test.group == 'all')].value
-        out.append({'penalized': config['penalized_group'], 'alpha': config['alpha'],
+        out.append({'penalized': c['penalized_group'], 'alpha': c['alpha'],
                     **{g.upper(): 100 * v for g, v in acc.items()},
                     'SENS ACC': 100 * sens.item(), **({'PROBE ACC': 100 * probe.item()} if len(probe) else {})})
     return pd.DataFrame(out).set_index(['penalized', 'alpha']).sort_index()

@@ -19,7 +19,7 @@ from fastcore.basics import patch
 from .core import (RunDirInUse, apply_preset, check_config, check_resume_config, check_types, get_device,
                          lock_run_dir, prepare_run_dir, read_json, record_failure, release_run_dir, save_torch,
                          seed_everything, write_csv, write_failure, write_json)
-from .data import check_groups, drop_bad_images, get_attribute
+from .data import check_groups, composition_rows, drop_bad_images, get_attribute
 from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexpert_frames, find_chexpert_dir
 from .faces import (FACE_PRESETS, backbone_run, face_datasets, face_splits, find_celeba_dir, read_celeba,
                           synthetic_celeba)
@@ -34,9 +34,9 @@ from .report import write_results
 # %% auto #0
 __all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'PARAM_TYPES', 'Problem', 'check_female_share', 'check_chexpert',
            'check_faces', 'check_fair_features', 'resolve_config', 'Run', 'watch_failures', 'unwatch_failures',
-           'start_run', 'Model', 'Data', 'chexpert_data', 'chexpert_model', 'train_chexpert', 'evaluate_chexpert',
-           'face_data', 'face_model', 'train_face_model', 'evaluate_face_model', 'face_backbone', 'Game', 'sirn_game',
-           'evaluate_fair_features', 'fair_features_state']
+           'start_run', 'Model', 'Data', 'split_shares', 'chexpert_data', 'chexpert_model', 'train_chexpert',
+           'evaluate_chexpert', 'face_data', 'face_model', 'train_face_model', 'evaluate_face_model', 'face_backbone',
+           'Game', 'sirn_game', 'evaluate_fair_features', 'fair_features_state']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -111,7 +111,8 @@ def resolve_config(spec:Problem, params:dict):
     check_config(config, spec.positive_ints, spec.positive, {'on_bad_image': ('stop', 'skip')})
     if spec.check: spec.check(config)
     at = list(config).index('scheme') + 1
-    return dict(list(config.items())[:at] + list(scheme.config().items()) + list(config.items())[at:]), scheme
+    return dict([('problem', spec.name)] + list(config.items())[:at] + list(scheme.config().items())
+                + list(config.items())[at:]), scheme
 
 # %% ../nbs/11_run.ipynb #a11c0014
 @dataclass
@@ -226,6 +227,10 @@ class Data:
     datasets: dict # split -> `ImageTable` ('train' augmented, 'train_eval' not)
     facts: dict # rows dropped, images skipped: go to results.json
 
+def split_shares(run:Run, data:Data):
+    "Results rows: each group's share of the train, validation and test images (the paper's Table 5)."
+    return pd.DataFrame(composition_rows({s: data.frames[s] for s in ('train', 'validation', 'test')}, run.attribute))
+
 def chexpert_data(run:Run):
     "The run's CheXpert splits, checked, as `Data`."
     c = run.config
@@ -260,8 +265,9 @@ def train_chexpert(run:Run, data:Data, model:Model):
 def evaluate_chexpert(run:Run, data:Data, model:Model):
     "Results rows of every split: AUC per attribute, group and task; the penalties."
     splits = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}
-    return pd.concat([evaluate_split(model.net, run.loader(data.datasets[d]), run.device, model.criterion, TASKS,
-                                     run.attributes, run.attribute, s) for s, d in splits.items()], ignore_index=True)
+    rows = [evaluate_split(model.net, run.loader(data.datasets[d]), run.device, model.criterion, TASKS,
+                           run.attributes, run.attribute, s) for s, d in splits.items()]
+    return pd.concat(rows + [split_shares(run, data)], ignore_index=True)
 
 # %% ../nbs/11_run.ipynb #a11c0029
 def face_data(run:Run):
@@ -303,7 +309,8 @@ def evaluate_face_model(run:Run, data:Data, model:Model):
     "Results rows of every split: accuracy per attribute and group, and the class angles."
     splits = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}
     loaders = {s: run.loader(data.datasets[d]) for s, d in splits.items()}
-    return evaluate_faces(model.net, model.criterion, loaders, run.device, run.attributes, run.attribute)
+    rows = evaluate_faces(model.net, model.criterion, loaders, run.device, run.attributes, run.attribute)
+    return pd.concat([rows, split_shares(run, data)], ignore_index=True)
 
 # %% ../nbs/11_run.ipynb #a11c0032
 def face_backbone(run:Run, data:Data):
