@@ -50,7 +50,11 @@ def test_results_schema(runs, scheme):
     wide = sex.pivot_table(index=['split', 'task'], columns='group', values='value')
     assert ((wide.male - wide.female - wide.gap).abs() < 1e-9).all()      # gap = male - female, signed
     assert set(rows[rows.attribute == 'age_group'].group) == {'<40', '40-59', '60-79', '80+', 'gap'}   # gap: highest - lowest
-    pens = rows[rows.metric != 'auc']
+    shares = rows[rows.metric == 'share']                                   # Table 5: each sex's share per split
+    assert len(shares) == 3 * 2 and set(shares.task) == {'images'} and set(shares.group) == {'male', 'female'}
+    assert (shares.groupby('split').value.sum() - 1).abs().max() < 1e-9 and shares.value.between(0.05, 0.95).all()
+    assert rec['config']['problem'] == 'chexpert'
+    pens = rows[~rows.metric.isin(['auc', 'share'])]
     assert len(pens) == 3 * 3 and set(pens.metric) == {'eq_loss', 'eq_odds', 'disp_impact'}
     assert (pens.group == 'all').all() and (pens.attribute == 'sex').all() and set(pens.split) == {'train', 'validation', 'test'}
     assert pens[pens.metric == 'disp_impact'].value.between(-1, 0).all()

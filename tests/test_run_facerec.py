@@ -31,8 +31,10 @@ def runs(tmp_path_factory):
 def test_face_results(runs, name):
     rec, rows = read_results(runs[name] / 'run')
     assert {k: rec['config'][k] for k in RUNS[name]} == RUNS[name]
-    sex = rows[rows.attribute == 'sex']
-    assert set(sex.task) == {'identification'}
+    sex = rows[(rows.attribute == 'sex') & (rows.metric != 'share')]
+    assert set(sex.task) == {'identification'} and rec['config']['problem'] == 'faces'
+    shares = rows[rows.metric == 'share'].pivot(index='split', columns='group', values='value')
+    assert shares.shape == (3, 2) and ((shares.male + shares.female - 1).abs() < 1e-9).all()
     for metric, lo, hi in (('accuracy', 0, 1), ('intra_angle', 0, 180), ('inter_angle', 0, 180)):
         m = sex[sex.metric == metric]
         assert len(m) == 3 * 3 and set(m.split) == {'train', 'validation', 'test'}
