@@ -170,6 +170,7 @@ def _submit(self:LocalBackend, work:list): # [(job, args, log)]
     futures = {pool.submit(self._run_one, args, log, job): job for job, args, log in work}
     try:
         for f in as_completed(futures): yield futures[f], *(f.result() or (None, 0.0))
+    except BaseException: self.stop(); raise    # Ctrl-C in a notebook, or the caller gave up: end the runs
     finally: pool.shutdown(wait=True, cancel_futures=True)
 
 def _stop(self:LocalBackend):
@@ -198,6 +199,8 @@ class RayBackend:
         ray.init(address=address, log_to_driver=False, logging_level='ERROR')
         self.jobs = int(ray.cluster_resources().get('GPU' if self.gpu else 'CPU', 0))
         self.refs, self.stopping = {}, False
+        if not self.jobs: raise ValueError(f'the Ray cluster at {address} has no ' + ('GPU' if self.gpu else 'CPU')
+                                           + f'; the {preset} preset asks for one per run.')
 
     def describe(self): return f'Ray at {self.address}: {self.jobs} ' + ('GPU' if self.gpu else 'CPU') + ' slot(s)'
 
@@ -370,5 +373,7 @@ def main(argv:list|None=None):
     outcomes = sweep(a.table, a.preset, a.seeds, out, overrides, backend, nbs)
     print('\n'.join(summarize(outcomes)), flush=True)
     if got: return 128 + got[0]
-    if a.report: print('report: ' + ', '.join(map(str, report(a.table, out, a.preset, nbs))), flush=True)
+    try:
+        if a.report: print('report: ' + ', '.join(map(str, report(a.table, out, a.preset, nbs))), flush=True)
+    except RuntimeError as e: print(f'fairnb-sweep: {e}', file=sys.stderr); return 1
     return 1 if any(o.status == 'failed' for o in outcomes) else 0
