@@ -79,18 +79,22 @@ def check_finished(out:Path, job:Job):
 # %% ../nbs/13_sweep.ipynb #5ee90015
 def slot_env(slot:int, jobs:int, gpus:int, cpus:int|None=None, # slot in range(jobs); visible GPUs; cores
              threads:int|None=None): # threads per run; None: the cores shared out
-    "Environment variables of the run in `slot`: its GPU, or its share of the cores."
-    if gpus: return {'CUDA_VISIBLE_DEVICES': str(slot % gpus)}
+    "Environment variables of the run in `slot`: its GPU (of those this process sees), or its share of the cores."
+    if gpus:
+        seen = os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',')
+        return {'CUDA_VISIBLE_DEVICES': seen[slot % len(seen)] if seen != [''] else str(slot % gpus)}
     shared = max(1, (cpus or os.cpu_count() or 1) // jobs)
     return {'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': str(threads or shared)}
 
 def default_jobs(gpus:int): return max(1, gpus)
 
 # %% ../nbs/13_sweep.ipynb #5ee90018
+try: _LIBC = ctypes.CDLL('libc.so.6', use_errno=True) if sys.platform == 'linux' else None
+except OSError: _LIBC = None
+
 def _die_with_parent():
-    "In the child, before exec: ask Linux to send SIGTERM when the parent dies (elsewhere: nothing)."
-    try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except OSError: pass
+    "In the child, before exec: ask Linux to send SIGTERM when the parent dies (libc loaded beforehand)."
+    _LIBC.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 def _gone(p:psutil.Process):
     try: return p.status() == psutil.STATUS_ZOMBIE
@@ -114,7 +118,7 @@ def run_job(args:list, log:Path, env:dict, on_start=None): # papermill args; whe
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, 'ab') as f:
         p = subprocess.Popen([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                             start_new_session=True, preexec_fn=_die_with_parent if sys.platform == 'linux' else None)
+                             start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None)
         if on_start: on_start(p)
         return p.wait()
 
@@ -210,14 +214,16 @@ def _ray_submit(self:RayBackend, work:list):
     res = dict(num_gpus=1, num_cpus=self.threads) if self.gpu else dict(num_cpus=self.threads)
     env = {'OMP_NUM_THREADS': str(self.threads)} | ({} if self.gpu else {'CUDA_VISIBLE_DEVICES': ''})
     task = self.ray.remote(**res)(_ray_task)
-    self.refs = {task.remote(args, str(log), env): job for job, args, log in work}
+    for job, args, log in work:       # refs are kept as they are made, so that a stop cancels all that began
+        if self.stopping: yield job, None, 0.0; continue
+        self.refs[task.remote(args, str(log), env)] = job
     pending = list(self.refs)
     try:
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             try: yield self.refs[done[0]], *self.ray.get(done[0])
-            except (self.ray.exceptions.TaskCancelledError, self.ray.exceptions.WorkerCrashedError):
-                yield self.refs[done[0]], None, 0.0
+            except self.ray.exceptions.RayError:    # cancelled, or the worker or its node died: stopped or failed
+                yield self.refs[done[0]], None if self.stopping else -1, 0.0
     finally: self.ray.shutdown()
 
 def _ray_stop(self:RayBackend):
@@ -296,7 +302,7 @@ def report(table:str, out, preset:str|None=None, nbs=None):
 RUN_MINUTES = {   # rough minutes per run: smoke and cpu on 2 cores (one run at a time), paper per GPU
     'chexpert': {'smoke': 0.4, 'cpu': 2.0, 'paper': 26 * 60},
     'faces': {'smoke': 0.3, 'cpu': 1.0, 'paper': 3 * 60},
-    'fair_features': {'smoke': 0.4, 'cpu': 2.5, 'paper': 4 * 60},
+    'fair_features': {'smoke': 0.4, 'cpu': 2.0, 'paper': 4 * 60},
 }
 
 def _duration(minutes:float): return f'{minutes:.0f} min' if minutes < 90 else f'{minutes / 60:.0f} h'
@@ -313,14 +319,22 @@ def table_list(seeds:int=3):
     return lines + [f'(seeds={seeds}; times are rough and serial: divide by --jobs, or by the GPUs or Ray slots.)']
 
 # %% ../nbs/13_sweep.ipynb #5ee90041
-def parse_overrides(items:list): # ['epochs=2', 'data_dir=/data/CheXpert-v1.0-small']
-    "--set name=value pairs, values read as YAML (numbers, True/False, text)."
+def _value(v:str):
+    "A --set value: an integer, a number (1e-3 too), True/False/None, or text."
     import yaml
+    for kind in (int, float):
+        try: return kind(v)
+        except ValueError: pass
+    if v.startswith('['): return yaml.safe_load(v)
+    return {'True': True, 'False': False, 'None': None, '': None}.get(v, v)
+
+def parse_overrides(items:list): # ['epochs=2', 'data_dir=/data/CheXpert-v1.0-small']
+    "--set name=value pairs: integers, numbers, True/False/None, lists ([8, 12]) or text."
     out = {}
     for it in items or []:
         if '=' not in it: raise ValueError(f'--set {it!r} is not name=value (e.g. --set epochs=2).')
         k, v = it.split('=', 1)
-        out[k] = yaml.safe_load(v) if v else None
+        out[k] = _value(v)
     return out
 
 def _parser():
@@ -362,7 +376,7 @@ def main(argv:list|None=None):
     if a.list: print('\n'.join(table_list(a.seeds))); return 0
     if not a.table: _parser().error('name a table (fairnb-sweep --list shows them)')
     try:
-        overrides, out, nbs = parse_overrides(a.overrides), Path(a.out), notebooks_dir(a.nbs)
+        overrides, out, nbs = parse_overrides(a.overrides), Path(a.out).resolve(), notebooks_dir(a.nbs).resolve()
         jobs, states = plan(a.table, a.preset, a.seeds, out, overrides, nbs)
     except (ValueError, FileNotFoundError) as e: print(f'fairnb-sweep: {e}', file=sys.stderr); return 2
     if a.dry_run: _dry_run(jobs, states, out, nbs); return 0

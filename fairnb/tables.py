@@ -110,10 +110,10 @@ def _face_blocks(eq_train, eq_holdout, flips, with_minmax):
                  + ([base('MIN-MAX'), cell('MIN-MAX', 'faces', 'FAIR', scheme='minmax')] if with_minmax else [])
                  + ff('female') + ff('male'))
 
-_R152 = {'paper': {'backbone': 'resnet152'}}
+_R152, _R18 = {'paper': {'backbone': 'resnet152'}}, {'paper': {'backbone': 'resnet18'}}   # named: never mixed
 register_table(Table('table6', 'Faces, ResNet-18: train (head), validation and test (rank-1) accuracy per sex', 'faces',
     _face_blocks(('EQUAL LOSSES PENALTY ON TRAIN SET', (0.5, 1, 3)), 'EQUAL LOSSES PENALTY ON HOLDOUT SET',
-                 ('RANDOM LABELS FLIPPING', (0.1, 0.3, 0.5)), True), figures=('curves',)))
+                 ('RANDOM LABELS FLIPPING', (0.1, 0.3, 0.5)), True), on_preset=_R18, figures=('curves',)))
 register_table(Table('table7', 'Faces, ResNet-152: train (head), validation and test (rank-1) accuracy per sex',
     'faces',
     _face_blocks(('FOCAL PENALTY ON TRAIN SET', (0.5, 1)), None, ('RANDOM LABELS FLIP', (0.3, 0.5)), False),
@@ -160,6 +160,8 @@ def table_jobs(table:Table|str, preset:str, seeds:int=3, # seeds 0 .. seeds-1
     "The distinct runs that fill `table` under `preset`, seed by seed, in the paper's row order."
     t = get_table(table) if isinstance(table, str) else table
     if not isinstance(seeds, int) or seeds < 1: raise ValueError(f'seeds must be an integer >= 1, got {seeds!r}.')
+    fixed = sorted({'seed', 'preset', 'out_dir'} & set(overrides or {}))
+    if fixed: raise ValueError(f'{fixed} are set by the sweep itself (--seeds, --preset, --out), not by --set.')
     jobs, names = {}, {}
     for seed in range(seeds):
         for c in t.cells:
@@ -226,6 +228,7 @@ def _same(a, b): return a == b or (isinstance(a, float) and isinstance(b, float)
 def cell_runs(runs:pd.DataFrame, c:Cell, params:dict|None=None): # `collect_runs` output; extra params to match
     "The rows of the runs that fill cell `c`, checked to differ only in the seed."
     want = {'problem': c.problem, **c.kw, **(params or {})}
+    if runs.empty or 'seed' not in runs: return runs.iloc[0:0].assign(seed=pd.Series(dtype=int))
     cfg = runs.drop_duplicates('run').set_index('run')
     ok = [run for run, r in cfg.iterrows() if all(k in r and _same(r[k], v) for k, v in want.items())]
     keys = [k for k in cfg.columns if k not in (*SEED_FREE, 'split', 'attribute', 'group', 'task', 'metric', 'value')]
@@ -264,15 +267,15 @@ def table_results(table:Table|str, runs:pd.DataFrame, # `collect_runs` output (a
 
 # %% ../nbs/12_tables.ipynb #7ab1e029
 def _paper_order(df:pd.DataFrame, t:Table):
-    "Rows in the paper's order: cells, then (CheXpert) tasks; splits train, validation, test."
-    blocks = list(dict.fromkeys(c.block for c in t.cells))
-    rows = list(dict.fromkeys([r for c in t.cells if c.row for r in [c.row]] + list(t.tasks)
-                              + list(TASK_ABBR.values()) + ['AVG'] + list(df.row.dropna())))
-    splits = ['train', 'validation', 'test']
-    cols = list(dict.fromkeys(paper_values(t.name).column.tolist() + df.column.tolist()))
-    key = lambda s: s.map({v: i for i, v in enumerate({'block': blocks, 'row': rows, 'split': splits,
-                                                       'column': cols}[s.name])})
-    return df.sort_values(['block', 'row', 'split', 'column'], key=key).reset_index(drop=True)
+    "Rows in the paper's order: blocks and their rows as the cells list them (CheXpert: tasks), then split, column."
+    blocks, rows = list(dict.fromkeys(c.block for c in t.cells)), {}
+    for c in t.cells: rows.setdefault(c.block, []).append(c.row)
+    tasks = list(dict.fromkeys([*t.tasks, *TASK_ABBR.values(), 'AVG', *paper_values(t.name).row]))
+    seq = lambda b: [r for r in rows.get(b, []) if r] or tasks
+    place = lambda b, r: (blocks.index(b), seq(b).index(r) if r in seq(b) else len(seq(b)))
+    splits, cols = ['train', 'validation', 'test'], list(dict.fromkeys([*paper_values(t.name).column, *df.column]))
+    key = [(*place(b, r), splits.index(s), cols.index(c)) for b, r, s, c in zip(df.block, df.row, df.split, df.column)]
+    return df.iloc[sorted(range(len(df)), key=key.__getitem__)].reset_index(drop=True)
 
 # %% ../nbs/12_tables.ipynb #7ab1e041
 def _table_runs(runs:pd.DataFrame, t:Table):

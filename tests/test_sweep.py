@@ -23,17 +23,12 @@ BIN = Path(sys.executable).parent
 SWEEP = [str(BIN / 'fairnb-sweep'), 'table10', '--preset', 'smoke', '--seeds', '2', '--threads', '1']
 
 
-def _sweep_processes(out):
-    "Live processes (papermill, kernels) started for runs under `out`."
-    found = []
-    for p in psutil.process_iter(['cmdline', 'environ']):
-        try:
-            text = ' '.join(p.info['cmdline'] or [])
-            if str(out) in text and 'fairnb-sweep' not in text and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
+def _alive(procs):
+    "The processes of `procs` still running (not ended, not zombies)."
+    def up(p):
+        try: return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess: return False
+    return [p for p in procs if up(p)]
 
 
 def _wait_for(path, proc, timeout=600):
@@ -55,9 +50,11 @@ def swept(tmp_path_factory):
                              stderr=subprocess.STDOUT, text=True)
     _wait_for(runs / 'chexpert-baseline-seed0' / 'results.json', first)
     _wait_for(runs / 'chexpert-minmax-seed0' / 'config.json', first)    # the second run is under way
+    tree = psutil.Process(first.pid).children(recursive=True)          # papermill, its kernel, their children
+    assert any('ipykernel' in ' '.join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
     first.send_signal(signal.SIGTERM)
     first_out, _ = first.communicate(timeout=120)
-    left = _sweep_processes(out)
+    left = _alive(tree)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob('*/results.json')}
     second = subprocess.run(SWEEP + ['--out', str(out), '--jobs', '2', '--report'], capture_output=True, text=True,
                             timeout=1200)
