@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 import fairnb
 from .core import read_json
-from .tables import NOTEBOOKS, TABLES, Job, get_table, table_jobs
+from .tables import NOTEBOOKS, TABLES, Job, _same, get_table, table_jobs
 
 # %% auto #0
 __all__ = ['GPU_PRESETS', 'RUN_MINUTES', 'notebooks_dir', 'notebook_params', 'check_job_params', 'papermill_command', 'job_state',
@@ -65,13 +65,11 @@ def job_state(out:Path, job:Job):
     if (d/'results.json').exists(): return 'finished'
     return 'started' if any((d/f).exists() for f in ('config.json', 'checkpoint.pt', 'failed.json')) else 'new'
 
-def _differs(a, b): return not (a == b or (isinstance(a, float) and isinstance(b, float) and np.isclose(a, b)))
-
 def check_finished(out:Path, job:Job):
     "Fail unless the finished run in `job`'s folder ran with `job`'s parameters (and the same data_dir)."
     config = read_json(Path(out)/job.folder/'results.json')['config']
     want = {'data_dir': None, **job.kw}
-    diff = {k: (config.get(k), v) for k, v in want.items() if _differs(config.get(k), v)}
+    diff = {k: (config.get(k), v) for k, v in want.items() if not _same(config.get(k), v)}
     theirs, ours = ({k: v[i] for k, v in diff.items()} for i in (0, 1))
     if diff: raise ValueError(f'{Path(out)/job.folder} holds a finished run with other values {theirs} '
                               f'(this sweep: {ours}). Sweep into another --out folder.')
