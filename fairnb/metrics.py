@@ -5,9 +5,11 @@
 # %% ../nbs/08_metrics.ipynb #4fa35adc
 from __future__ import annotations
 import warnings
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -15,7 +17,9 @@ from .data import get_attribute
 from .losses import PENALTIES
 
 # %% auto #0
-__all__ = ['safe_auc', 'group_gap', 'group_auc', 'penalty_rows', 'nearest_neighbours', 'rank1_correct', 'group_mean_rows',
+__all__ = ['safe_auc', 'group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'auc_by_rank', 'cluster_index',
+           'resample_counts', 'group_resampled_auc', 'resampled_gap', 'figure_rows', 'group_auc', 'penalty_rows',
+           'nearest_neighbours', 'rank1_search', 'rank1_correct', 'group_resampled_means', 'group_mean_rows',
            'class_angles']
 
 # %% ../nbs/08_metrics.ipynb #54a65786
@@ -40,28 +44,150 @@ def group_gap(values, # one figure per group, in code order
     hi, lo = int(np.argmax(v)), int(np.argmin(v))
     return float(v[hi] - v[lo]), names[hi], names[lo]
 
+# %% ../nbs/08_metrics.ipynb #c0de0001
+def group_codes(groups, # (N,) group codes
+                attribute): # an `fairnb.data.Attribute` or its name
+    "`groups` as int64 codes of `attribute`; labels that are not its codes fail, naming them and the fix."
+    a, g = get_attribute(attribute), np.asarray(groups).ravel()
+    fix = f"{a.name}'s codes are {dict(enumerate(a.groups))}; convert names with get_attribute({a.name!r}).code(name)."
+    is_int = g.dtype.kind in 'iub' or (g.dtype.kind == 'f' and np.isfinite(g).all() and (g == np.round(g)).all())
+    if not is_int: raise ValueError(f'group labels such as {pd.unique(g)[:4].tolist()} are not integer codes. {fix}')
+    bad = np.setdiff1d(np.unique(g), np.arange(a.n_groups))
+    if len(bad): raise ValueError(f'group codes {bad[:5].tolist()} are not codes of {a.name}. {fix}')
+    return g.astype(np.int64)
+
+# %% ../nbs/08_metrics.ipynb #c0de0004
+def tie_starts(sorted_scores:np.ndarray):
+    "Start of each block of tied scores in ascending `sorted_scores`."
+    s = np.asarray(sorted_scores)
+    return np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, dtype=np.int64)
+
+def auc_design(y_sorted:np.ndarray, # (n,) 0/1 labels, in ascending order of score
+               starts:np.ndarray, # `tie_starts` of the sorted scores
+               clusters:np.ndarray, # (n,) cluster number (0..K-1) of each sorted sample
+               n_clusters:int):
+    "The sparse map from cluster weights to the blocks' sums that the AUC needs, for `design_auc`."
+    y = np.asarray(y_sorted) > 0
+    block = np.cumsum(np.isin(np.arange(len(y)), starts)) - 1
+    pos_blocks = np.unique(block[y]); m = len(pos_blocks)
+    col = np.searchsorted(pos_blocks, block)       # each sample's block, or the next block holding a positive
+    own = (col < m) & (pos_blocks[np.minimum(col, max(m - 1, 0))] == block) if m else np.zeros(len(y), bool)
+    neg, below = ~y & (col < m), ~y & own
+    rows = np.r_[col[y], m + col[neg], 2 * m + col[below]]
+    A = sp.csr_matrix((np.ones(len(rows)), (rows, np.r_[clusters[y], clusters[neg], clusters[below]])),
+                      shape=(3 * m, n_clusters))
+    per = lambda mask: np.bincount(clusters[mask], minlength=n_clusters).astype(float)
+    return A, per(y), per(~y)
+
+def design_auc(counts:np.ndarray, # (R, K) weight of each cluster, one row per resample
+               design): # from `auc_design`
+    "(R,) AUC for each row of cluster weights (ties count a half); NaN where a class has no weight."
+    A, pos, neg = design; m = A.shape[0] // 3
+    M = A @ np.ascontiguousarray(counts.T)             # (3m, R): per positive block, P_k, G_k + N_k and N_k
+    num = (M[:m] * np.cumsum(M[m:2 * m], 0)).sum(0) - 0.5 * (M[:m] * M[2 * m:]).sum(0)
+    den = (counts @ pos) * (counts @ neg)
+    with np.errstate(invalid='ignore', divide='ignore'): return np.where(den > 0, num / den, np.nan)
+
+def auc_by_rank(y, s, # 0/1 labels and scores, (n,)
+                w=None): # (n,) or (R, n) sample weights; None: 1
+    "AUC of scores `s` (ties count a half), for each row of weights; NaN when a class is absent."
+    y, s = np.asarray(y, dtype=float).ravel(), np.asarray(s, dtype=float).ravel()
+    order = np.argsort(s, kind='stable')
+    w = np.ones((1, len(y))) if w is None else np.atleast_2d(np.asarray(w, dtype=float))
+    out = design_auc(w, auc_design(y[order], tie_starts(s[order]), order, len(y)))
+    return out if out.shape[0] > 1 or np.ndim(w) > 1 and w.shape[0] > 1 else float(out[0])
+
+# %% ../nbs/08_metrics.ipynb #c0de0006
+def cluster_index(groups, # (N,) group codes
+                  n_groups:int,
+                  clusters=None): # (N,) patient or identity of each sample; None: each sample its own
+    "(local, sizes): each sample's cluster number within its group, and the number of clusters per group."
+    g = np.asarray(groups)
+    c = np.arange(len(g)) if clusters is None else pd.factorize(pd.Series(np.asarray(clusters)).astype(str))[0]
+    local, sizes = np.zeros(len(g), dtype=np.int64), []
+    for k in range(n_groups):
+        m = g == k
+        local[m] = pd.factorize(c[m])[0]; sizes.append(int(local[m].max()) + 1 if m.any() else 0)
+    return local, sizes
+
+def resample_counts(sizes:list, # clusters per group, from `cluster_index`
+                    resamples:int=1000, seed:int=0, chunk:int=100) -> Iterator[list]:
+    "Per chunk of resamples: one (r, K_g) array per group, how often each cluster was drawn (K_g out of K_g)."
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        yield [rng.multinomial(k, np.full(k, 1 / k), size=r).astype(float) if k else np.zeros((r, 0))
+               for k in sizes]
+
+# %% ../nbs/08_metrics.ipynb #c0de0009
+def group_resampled_auc(probs, targets, groups, # (N, T), (N, T), (N,) group codes
+                        n_groups:int, clusters=None, # (N,) patients; None: images
+                        resamples:int=0, seed:int=0):
+    "(1 + R, G, T) AUC per group and task: row 0 on the data, rows 1..R on cluster resamples within groups."
+    probs, targets, g = np.asarray(probs, dtype=float), np.asarray(targets, dtype=float), np.asarray(groups)
+    local, sizes = cluster_index(g, n_groups, clusters)
+    out, prep = np.full((1 + resamples, n_groups, probs.shape[1]), np.nan), {}
+    for t in range(probs.shape[1]):
+        order = np.argsort(probs[:, t], kind='stable')
+        for k in range(n_groups):
+            sel = order[g[order] == k]
+            prep[t, k] = auc_design(targets[sel, t], tie_starts(probs[sel, t]), local[sel], sizes[k])
+            out[0, k, t] = design_auc(np.ones((1, sizes[k])), prep[t, k])[0]
+    row = 1
+    for counts in resample_counts(sizes, resamples, seed):
+        r = len(counts[0])
+        for (t, k), design in prep.items(): out[row:row + r, k, t] = design_auc(counts[k], design)
+        row += r
+    return out
+
+# %% ../nbs/08_metrics.ipynb #c0de0012
+def resampled_gap(v:np.ndarray): # (..., G) figures per group
+    "(...,) group 0 minus group 1 for two groups; else highest minus lowest (NaN if any group is NaN)."
+    v = np.asarray(v, dtype=float)
+    if v.shape[-1] == 2: return v[..., 0] - v[..., 1]
+    return np.where(np.isnan(v).any(-1), np.nan, np.nanmax(v, -1, initial=-np.inf) - np.nanmin(v, -1, initial=np.inf))
+
+def figure_rows(stats:np.ndarray, # (1 + R, G, J): row 0 on the data, rows 1..R resampled
+                names:list, tasks:list, # G row groups and J tasks
+                n:list, # samples counted per group
+                level:float=0.95, **fields): # fields every row shares: split, attribute, metric
+    "Rows (group, task, value, n, low, high), plus `fields`; intervals only when there are resamples."
+    q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)    # a figure undefined on every resample: NaN bounds
+        lo, hi = np.nanpercentile(stats[1:], q, axis=0) if len(stats) > 1 else np.full((2, *stats.shape[1:]), np.nan)
+    return pd.DataFrame([dict(**fields, group=gn, task=t, value=stats[0, k, j], n=n[k], low=lo[k, j], high=hi[k, j])
+                         for k, gn in enumerate(names) for j, t in enumerate(tasks)])
+
 # %% ../nbs/08_metrics.ipynb #ab4f10ad
-def group_auc(probs:np.ndarray, # (N, T) predicted probabilities
-              targets:np.ndarray, # (N, T) 0/1 labels
+def _as_tasks(x): # (N,) or (N, T)
+    x = np.asarray(x, dtype=float); return x[:, None] if x.ndim == 1 else x
+
+def _warn_undefined(auc:np.ndarray, names, tasks, split:str): # auc (G, T) on the data
+    for k, j in zip(*np.nonzero(np.isnan(auc))):
+        warnings.warn(f'AUC undefined for {split} {names[k]} {tasks[j]} (a single class in that group); '
+                      f'reported as NaN, and {tasks[j]} is left out of every group\'s mean.'.replace('  ', ' '))
+
+def group_auc(probs:np.ndarray, # (N, T) predicted probabilities (or (N,) for one task)
+              targets:np.ndarray, # (N, T) 0/1 labels (or (N,))
               groups:np.ndarray, # (N,) group codes
               attribute, # an `fairnb.data.Attribute` or its name: the groups' names and the rows' attribute
               tasks:tuple|None=None, # task names; default task0, task1, ...
-              split:str=''): # recorded in the rows
-    "Tidy rows (split, attribute, group, task, metric, value) of per-group, per-task AUC, with the gaps."
-    a = get_attribute(attribute)
-    probs, targets, groups = np.asarray(probs), np.asarray(targets), np.asarray(groups)
-    tasks = tuple(tasks or (f'task{j}' for j in range(probs.shape[1])))
-    rows = []
-    for g, gname in enumerate(a.groups):
-        m = groups == g
-        vals = [safe_auc(targets[m, j], probs[m, j], f'{split} {gname} {t}'.strip()) for j, t in enumerate(tasks)]
-        rows += [(gname, t, v) for t, v in zip(tasks, vals)] + [(gname, 'mean', float(np.mean(vals)))]
-    df = pd.DataFrame(rows, columns=['group', 'task', 'value'])
-    wide = df.pivot(index='task', columns='group', values='value')
-    gaps = [(t, group_gap([wide.at[t, n] for n in a.groups], a.groups)[0]) for t in (*tasks, 'mean')]
-    df = pd.concat([df, pd.DataFrame(gaps, columns=['task', 'value']).assign(group='gap')])
-    return (df.assign(split=split, attribute=a.name, metric='auc')
-            [['split', 'attribute', 'group', 'task', 'metric', 'value']].reset_index(drop=True))
+              split:str='', # recorded in the rows
+              clusters=None, # (N,) patient of each image, resampled for the intervals; None: images
+              resamples:int=0, seed:int=0, level:float=0.95): # bootstrap resamples (0: no intervals)
+    "Rows (split, attribute, group, task, metric, value, n, low, high) of per-group, per-task AUC and the gaps."
+    a, p, y = get_attribute(attribute), _as_tasks(probs), _as_tasks(targets)
+    g, tasks = group_codes(groups, a), list(tasks or (f'task{j}' for j in range(p.shape[1])))
+    auc = group_resampled_auc(p, y, g, a.n_groups, clusters, resamples, seed)
+    _warn_undefined(auc[0], a.groups, tasks, split)
+    both = ~np.isnan(auc[0]).any(0)
+    mean = auc[:, :, both].mean(2) if both.any() else np.full(auc.shape[:2], np.nan)
+    stats = np.concatenate([auc, mean[..., None]], axis=2)
+    stats = np.concatenate([stats, resampled_gap(stats.transpose(0, 2, 1))[:, None, :]], axis=1)
+    n = np.bincount(g, minlength=a.n_groups).tolist()
+    return figure_rows(stats, [*a.groups, 'gap'], [*tasks, 'mean'], n + [sum(n)], level, split=split,
+                       attribute=a.name, metric='auc')
 
 # %% ../nbs/08_metrics.ipynb #d3bd3bcd
 def penalty_rows(losses, probs, targets, groups, # arrays: (N,), (N, T), (N, T), (N,) group codes
@@ -69,8 +195,9 @@ def penalty_rows(losses, probs, targets, groups, # arrays: (N,), (N, T), (N, T),
                  split:str=''):
     "Tidy rows of every registered fairness penalty on a whole split."
     a = get_attribute(attribute)
-    l, p, y, g = (torch.as_tensor(np.asarray(v)).double() for v in (losses, probs, targets, groups))
-    return pd.DataFrame([dict(split=split, attribute=a.name, group='all', task='mean', metric=k,
+    l, p, y = (torch.from_numpy(np.ascontiguousarray(v, dtype=float)) for v in (losses, probs, targets))
+    g = torch.from_numpy(group_codes(groups, a))
+    return pd.DataFrame([dict(split=split, attribute=a.name, group='all', task='mean', metric=k, n=len(l),
                               value=float(fn(l, p, y, g.long(), a.n_groups))) for k, fn in PENALTIES.items()])
 
 # %% ../nbs/08_metrics.ipynb #69b886ee
@@ -89,28 +216,51 @@ def nearest_neighbours(probes:torch.Tensor, # (P, D) embeddings
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 # %% ../nbs/08_metrics.ipynb #18207bd7
-def rank1_correct(probe_emb, probe_ids, gallery_emb=None, gallery_ids=None, # gallery None: leave-one-out in the probes
-                  chunk:int=4096):
-    "Per probe: 1.0 if its nearest gallery neighbour has its identity, 0.0 if not, NaN if unrecognisable."
-    pe, pid = torch.as_tensor(probe_emb), np.asarray(probe_ids)
+def _float_tensor(x): return x.float() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+def rank1_search(probe_emb, probe_ids, gallery_emb=None, gallery_ids=None, # gallery None: leave-one-out in the probes
+                 chunk:int=4096):
+    "(correct, found): per probe 1.0 / 0.0 / NaN (unrecognisable), and the identity of its nearest neighbour."
+    pe, pid = _float_tensor(probe_emb), np.asarray(probe_ids)
     loo = gallery_emb is None
-    ge, gid = (pe, pid) if loo else (torch.as_tensor(gallery_emb), np.asarray(gallery_ids))
-    hit = (gid[nearest_neighbours(pe, ge, loo, chunk).numpy()] == pid).astype(float)
+    ge, gid = (pe, pid) if loo else (_float_tensor(gallery_emb), np.asarray(gallery_ids))
+    found = gid[nearest_neighbours(pe, ge, loo, chunk).numpy()] if len(pid) else gid[:0]
     ids, counts = np.unique(gid, return_counts=True)
     n_gallery = dict(zip(ids, counts - 1 if loo else counts))
-    return np.where([n_gallery.get(i, 0) > 0 for i in pid], hit, np.nan)
+    return np.where([n_gallery.get(i, 0) > 0 for i in pid], (found == pid).astype(float), np.nan), found
+
+def rank1_correct(probe_emb, probe_ids, gallery_emb=None, gallery_ids=None, chunk:int=4096):
+    "Per probe: 1.0 if its nearest gallery neighbour has its identity, 0.0 if not, NaN if unrecognisable."
+    return rank1_search(probe_emb, probe_ids, gallery_emb, gallery_ids, chunk)[0]
 
 # %% ../nbs/08_metrics.ipynb #349fb01a
-def group_mean_rows(values, groups, # per-sample figures (NaN ignored) and group codes
+def group_resampled_means(values, groups, n_groups:int, clusters=None, # NaN values are left out
+                          resamples:int=0, seed:int=0):
+    "(1 + R, G) mean per group: row 0 on the data, rows 1..R on cluster resamples within groups."
+    v, g = np.asarray(values, dtype=float).ravel(), np.asarray(groups).ravel()
+    keep = ~np.isnan(v); v, g = v[keep], g[keep]
+    local, sizes = cluster_index(g, n_groups, None if clusters is None else np.asarray(clusters).ravel()[keep])
+    sums = [np.bincount(local[g == k], v[g == k], minlength=sizes[k]) for k in range(n_groups)]
+    cnts = [np.bincount(local[g == k], minlength=sizes[k]).astype(float) for k in range(n_groups)]
+    out = [np.array([[s.sum() / c.sum() if c.sum() else np.nan for s, c in zip(sums, cnts)]])]
+    with np.errstate(invalid='ignore', divide='ignore'):
+        for counts in resample_counts(sizes, resamples, seed):
+            out.append(np.stack([cn @ s / (cn @ c) for cn, s, c in zip(counts, sums, cnts)], 1))
+    return np.concatenate(out)
+
+def group_mean_rows(values, groups, # per-sample figures (NaN left out) and group codes
                     attribute, # an `fairnb.data.Attribute` or its name
-                    split:str='', task:str='identification', metric:str='accuracy'):
-    "Rows (split, attribute, group, task, metric, value): per-group means and the gap."
-    a, v, g = get_attribute(attribute), np.asarray(values, dtype=float), np.asarray(groups)
-    means = [float(np.nanmean(v[(g == i) & ~np.isnan(v)])) if ((g == i) & ~np.isnan(v)).any() else float('nan')
-             for i in range(a.n_groups)]
-    rows = list(zip(a.groups, means)) + [('gap', group_gap(means, a.groups)[0])]
-    return pd.DataFrame([dict(split=split, attribute=a.name, group=n, task=task, metric=metric, value=m)
-                         for n, m in rows])
+                    split:str='', task:str='identification', metric:str='accuracy',
+                    clusters=None, # (N,) identity of each sample, resampled for the intervals; None: samples
+                    resamples:int=0, seed:int=0, level:float=0.95):
+    "Rows (split, attribute, group, task, metric, value, n, low, high): per-group means and the gap."
+    a, v = get_attribute(attribute), np.asarray(values, dtype=float).ravel()
+    g = group_codes(groups, a)
+    means = group_resampled_means(v, g, a.n_groups, clusters, resamples, seed)
+    stats = np.concatenate([means, resampled_gap(means)[:, None]], 1)[:, :, None]
+    n = np.bincount(g[~np.isnan(v)], minlength=a.n_groups).tolist()
+    return figure_rows(stats, [*a.groups, 'gap'], [task], n + [sum(n)], level, split=split, attribute=a.name,
+                       metric=metric)
 
 # %% ../nbs/08_metrics.ipynb #1c6a8772
 def _max_other(sim, offset):
@@ -121,13 +271,15 @@ def _max_other(sim, offset):
 @torch.no_grad()
 def class_angles(emb, ids, groups, chunk:int=4096):
     "DataFrame per identity: group, intra_angle, inter_angle (degrees)."
-    e = torch.nn.functional.normalize(torch.as_tensor(emb).float(), dim=1)
+    e = torch.nn.functional.normalize(_float_tensor(emb), dim=1)
     uid, inv = np.unique(np.asarray(ids), return_inverse=True); inv_t = torch.as_tensor(inv)
     centres = torch.zeros(len(uid), e.shape[1]).index_add_(0, inv_t, e)
     centres = torch.nn.functional.normalize(centres, dim=1)
     deg = lambda c: torch.rad2deg(torch.arccos(c.clamp(-1, 1)))
-    intra = torch.zeros(len(uid)).index_add_(0, inv_t, deg((e * centres[inv_t]).sum(1))) / torch.bincount(inv_t).float()
+    size = torch.bincount(inv_t)
+    intra = torch.zeros(len(uid)).index_add_(0, inv_t, deg((e * centres[inv_t]).sum(1))) / size.float()
     nearest = torch.cat([_max_other(centres[i:i + chunk] @ centres.T, i) for i in range(0, len(uid), chunk)])
     grp = pd.Series(np.asarray(groups)).groupby(inv).first().values
-    return pd.DataFrame({'identity': uid, 'group': grp, 'intra_angle': intra.numpy(),
+    return pd.DataFrame({'identity': uid, 'group': grp, 'images': size.numpy(),
+                         'intra_angle': np.where(size.numpy() > 1, intra.numpy(), np.nan),
                          'inter_angle': deg(nearest).numpy()})

@@ -17,19 +17,37 @@ from .core import read_json, write_json
 from .data import get_attribute
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'find_runs', 'collect_runs',
-           'mean_interval', 'paper_table', 'gap_summary', 'plot_groups', 'plot_history', 'sirn_table', 'plot_game']
+__all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'find_runs',
+           'collect_runs', 'mean_interval', 'paper_table', 'gap_summary', 'plot_groups', 'plot_history', 'sirn_table',
+           'plot_game']
 
 # %% ../nbs/10_report.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
+OPTIONAL_KEYS = ('n', 'low', 'high')   # samples counted; the bounds of the interval
 SPLITS = ('train', 'validation', 'test')
+
+def _missing(v): return v is None or (isinstance(v, float) and math.isnan(v))
+
+def _optional_fields(i:int, r:dict):
+    "Row i's optional fields, checked: `n` an integer >= 0, `low` <= `high` numbers; NaN as None."
+    out = {k: None if _missing(r.get(k)) else r[k] for k in OPTIONAL_KEYS if k in r}
+    n = out.get('n')
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or n != int(n)):
+        raise ValueError(f'results row {i}: n {n!r} is not a count (an integer >= 0).')
+    for k in ('low', 'high'):
+        if out.get(k) is not None and (isinstance(out[k], bool) or not isinstance(out[k], (int, float))):
+            raise ValueError(f'results row {i}: {k} {out[k]!r} is not a number.')
+    if out.get('low') is not None and out.get('high') is not None and out['low'] > out['high']:
+        raise ValueError(f"results row {i}: low {out['low']} exceeds high {out['high']}.")
+    return {k: None if v is None else (int(v) if k == 'n' else float(v)) for k, v in out.items()}
 
 def validate_rows(rows:list): # list of dicts
     "Check results rows against the schema; returns them with NaN values as None."
     out = []
     for i, r in enumerate(rows):
-        if set(r) != set(ROW_KEYS):
-            raise ValueError(f'results row {i} has keys {sorted(r)}; expected {list(ROW_KEYS)}.')
+        if not set(ROW_KEYS) <= set(r) <= {*ROW_KEYS, *OPTIONAL_KEYS}:
+            raise ValueError(f'results row {i} has keys {sorted(r)}; expected {list(ROW_KEYS)}, '
+                             f'and optionally {list(OPTIONAL_KEYS)}.')
         if r['split'] not in SPLITS: raise ValueError(f'results row {i}: split {r["split"]!r} is not one of {SPLITS}.')
         for k in ROW_KEYS[1:5]:
             if not isinstance(r[k], str) or not r[k]:
@@ -37,14 +55,15 @@ def validate_rows(rows:list): # list of dicts
         v = r['value']
         if v is not None and not isinstance(v, (int, float)):
             raise ValueError(f'results row {i}: value {v!r} is not a number.')
-        out.append({**r, 'value': None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)})
+        out.append({**r, 'value': None if _missing(v) else float(v), **_optional_fields(i, r)})
     return out
 
 # %% ../nbs/10_report.ipynb #0dc1ea59
 def write_results(out_dir, config:dict, rows, # list of dicts, or a DataFrame with `ROW_KEYS` columns
                   seconds:float, data:dict|None=None): # facts about the data (rows dropped, images skipped)
     "Validate and atomically write `results.json` into `out_dir`."
-    if isinstance(rows, pd.DataFrame): rows = rows[list(ROW_KEYS)].to_dict('records')
+    if isinstance(rows, pd.DataFrame):
+        rows = rows[[*ROW_KEYS, *(k for k in OPTIONAL_KEYS if k in rows)]].to_dict('records')
     rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__,
            'seconds': float(seconds), 'data': data or {}}
     return write_json(Path(out_dir)/'results.json', rec)
@@ -58,8 +77,8 @@ def read_results(path): # a results.json, or the run folder holding it
     rec = read_json(path)
     missing = {'config', 'rows', 'fairnb_version', 'seconds'} - set(rec)
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.report.write_results.')
-    rows = pd.DataFrame(validate_rows(rec['rows']), columns=list(ROW_KEYS))
-    return rec, rows.assign(value=rows.value.astype(float))
+    rows = pd.DataFrame(validate_rows(rec['rows']), columns=[*ROW_KEYS, *OPTIONAL_KEYS])
+    return rec, rows.astype({k: float for k in ('value', *OPTIONAL_KEYS)})
 
 # %% ../nbs/10_report.ipynb #c011ec02
 def find_runs(root): # a folder holding run folders, at any depth
@@ -88,10 +107,10 @@ def collect_runs(runs): # a folder of runs, or an iterable of run folders or (co
         folder = folder or f'#{i}'
         if folder in seen: raise ValueError(f'run {folder} is given twice: its rows would count twice.')
         seen.add(folder)
-        clash = sorted(set(config) & {*ROW_KEYS, 'run'})
+        clash = sorted(set(config) & {*ROW_KEYS, *OPTIONAL_KEYS, 'run'})
         if clash: raise ValueError(f'run {folder}: config keys {clash} clash with the results columns.')
         frames.append(rows.assign(run=folder, **{k: [_hashable(v)] * len(rows) for k, v in config.items()}))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ROW_KEYS, 'run'])
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ROW_KEYS, *OPTIONAL_KEYS, 'run'])
     out.attrs['unfinished'] = [str(p) for p in unfinished]
     return out
 
@@ -106,15 +125,24 @@ def mean_interval(values, level:float=0.95): # one figure per seed
     return (float(v.mean()), float(v.mean() - half), float(v.mean() + half), n)
 
 # %% ../nbs/10_report.ipynb #8f948a3a
+def _with_interval(v, lo, hi, digits:int=3):
+    "'0.812 [0.790, 0.833]', or the figure alone when its interval is unknown."
+    if pd.isna(v): return 'n/a'
+    return f'{v:.{digits}f}' + ('' if pd.isna(lo) or pd.isna(hi) else f' [{lo:.{digits}f}, {hi:.{digits}f}]')
+
 def paper_table(rows:pd.DataFrame, # long-form results rows
                 attribute, # an `fairnb.data.Attribute` or its name: its groups are the columns
                 metric:str='auc',
                 task_labels:dict|None=None, # task -> row label, e.g. `fairnb.chexpert.TASK_ABBR`
-                extra:tuple=('gap',)): # columns after the groups' ('gap', 'all')
+                extra:tuple=('gap',), # columns after the groups' ('gap', 'all')
+                intervals:bool=False): # cells as text 'value [low, high]' (rows with `low`/`high`)
     "Rows: tasks then AVG; columns: (SPLIT, GROUP), as the paper's tables."
     a = get_attribute(attribute); groups = (*a.groups, *extra)
     df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)]
-    t = df.pivot_table(index='task', columns=['split', 'group'], values='value', sort=False, dropna=False)
+    if intervals:
+        df = df.assign(value=[_with_interval(*r) for r in df.reindex(columns=['value', 'low', 'high']).values])
+    t = df.pivot_table(index='task', columns=['split', 'group'], values='value', sort=False, dropna=False,
+                       aggfunc='first')
     t = t.reindex(columns=pd.MultiIndex.from_product([[s for s in SPLITS if s in df.split.values], groups]))
     tasks = [x for x in dict.fromkeys(df.task) if x != 'mean'] + (['mean'] if 'mean' in df.task.values else [])
     t = t.reindex(tasks).rename(index={**(task_labels or {}), 'mean': 'AVG'})
@@ -135,16 +163,27 @@ def gap_summary(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or it
 # %% ../nbs/10_report.ipynb #c63e553a
 def plot_groups(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
                 metric:str='auc', task_labels:dict|None=None):
-    "Bar chart: the metric per task and group, one panel per split."
+    "Bar chart: the metric per task and group, one panel per split, with each figure's interval when known."
     a = get_attribute(attribute); groups = a.groups
-    df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)].copy()
-    df['task'] = df.task.replace({**(task_labels or {}), 'mean': 'AVG'})
-    g = sns.catplot(df, x='task', y='value', hue='group', col='split', kind='bar', height=3.2, aspect=1.2,
-                    hue_order=list(groups))
-    g.set_axis_labels('', metric.upper()); g.set_titles('{col_name}')
-    lo = np.nanmin(df.value.to_numpy(dtype=float)) if len(df) else 0.0
-    g.set(ylim=(max(0.0, lo - 0.1) if np.isfinite(lo) else 0.0, 1.0))
-    return g
+    df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)]
+    df = df.reindex(columns=[*ROW_KEYS, 'low', 'high']).assign(task=lambda d: d.task.replace(
+        {**(task_labels or {}), 'mean': 'AVG'}))
+    splits = [s for s in SPLITS if s in df.split.values]
+    fig, axs = plt.subplots(1, max(len(splits), 1), figsize=(4.2 * max(len(splits), 1), 3.4), sharey=True,
+                            squeeze=False)
+    tasks, w = list(dict.fromkeys(df.task)), 0.8 / len(groups)
+    for ax, split in zip(axs[0], splits):
+        for k, g in enumerate(groups):
+            d = df[(df.split == split) & (df.group == g)].set_index('task').reindex(tasks)
+            err = np.abs(d[['low', 'high']].to_numpy(dtype=float).T - d.value.to_numpy(dtype=float))
+            ax.bar(np.arange(len(tasks)) + (k - (len(groups) - 1) / 2) * w, d.value, w, label=g, color=f'C{k}',
+                   yerr=np.nan_to_num(err), capsize=2, error_kw=dict(lw=0.8))
+        ax.set(title=split, xticks=range(len(tasks)), xticklabels=tasks)
+    axs[0][0].set_ylabel(metric.upper()); axs[0][-1].legend(fontsize=8)
+    lo = np.nanmin(df[['value', 'low']].to_numpy(dtype=float)) if len(df) else 0.0
+    axs[0][0].set_ylim(max(0.0, lo - 0.05) if np.isfinite(lo) else 0.0, 1.0)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/10_report.ipynb #53f036f9
 def plot_history(history:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
