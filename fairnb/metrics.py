@@ -18,9 +18,9 @@ from .losses import PENALTIES
 
 # %% auto #0
 __all__ = ['safe_auc', 'group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'auc_by_rank', 'cluster_index',
-           'resample_counts', 'group_resampled_auc', 'resampled_gap', 'figure_rows', 'group_auc', 'penalty_rows',
-           'nearest_neighbours', 'rank1_search', 'rank1_correct', 'group_resampled_means', 'group_mean_rows',
-           'class_angles']
+           'resample_counts', 'group_resampled_auc', 'resampled_gap', 'figure_rows', 'auc_stats', 'group_auc',
+           'penalty_rows', 'nearest_neighbours', 'rank1_search', 'rank1_correct', 'group_resampled_means', 'mean_stats',
+           'group_mean_rows', 'class_angles']
 
 # %% ../nbs/08_metrics.ipynb #54a65786
 def safe_auc(y:np.ndarray, # 0/1 labels
@@ -168,6 +168,16 @@ def _warn_undefined(auc:np.ndarray, names, tasks, split:str): # auc (G, T) on th
         warnings.warn(f'AUC undefined for {split} {names[k]} {tasks[j]} (a single class in that group); '
                       f'reported as NaN, and {tasks[j]} is left out of every group\'s mean.'.replace('  ', ' '))
 
+def auc_stats(probs, targets, groups, # (N, T), (N, T), (N,) group codes, checked
+              names:tuple, tasks:list, split:str='', clusters=None, resamples:int=0, seed:int=0):
+    "(1 + R, G + 1, T + 1): AUC per group (then the gap) and task (then the mean), on the data then resampled."
+    auc = group_resampled_auc(probs, targets, groups, len(names), clusters, resamples, seed)
+    _warn_undefined(auc[0], names, tasks, split)
+    both = ~np.isnan(auc[0]).any(0)
+    mean = auc[:, :, both].mean(2) if both.any() else np.full(auc.shape[:2], np.nan)
+    stats = np.concatenate([auc, mean[..., None]], axis=2)
+    return np.concatenate([stats, resampled_gap(stats.transpose(0, 2, 1))[:, None, :]], axis=1)
+
 def group_auc(probs:np.ndarray, # (N, T) predicted probabilities (or (N,) for one task)
               targets:np.ndarray, # (N, T) 0/1 labels (or (N,))
               groups:np.ndarray, # (N,) group codes
@@ -179,12 +189,7 @@ def group_auc(probs:np.ndarray, # (N, T) predicted probabilities (or (N,) for on
     "Rows (split, attribute, group, task, metric, value, n, low, high) of per-group, per-task AUC and the gaps."
     a, p, y = get_attribute(attribute), _as_tasks(probs), _as_tasks(targets)
     g, tasks = group_codes(groups, a), list(tasks or (f'task{j}' for j in range(p.shape[1])))
-    auc = group_resampled_auc(p, y, g, a.n_groups, clusters, resamples, seed)
-    _warn_undefined(auc[0], a.groups, tasks, split)
-    both = ~np.isnan(auc[0]).any(0)
-    mean = auc[:, :, both].mean(2) if both.any() else np.full(auc.shape[:2], np.nan)
-    stats = np.concatenate([auc, mean[..., None]], axis=2)
-    stats = np.concatenate([stats, resampled_gap(stats.transpose(0, 2, 1))[:, None, :]], axis=1)
+    stats = auc_stats(p, y, g, a.groups, tasks, split, clusters, resamples, seed)
     n = np.bincount(g, minlength=a.n_groups).tolist()
     return figure_rows(stats, [*a.groups, 'gap'], [*tasks, 'mean'], n + [sum(n)], level, split=split,
                        attribute=a.name, metric='auc')
@@ -248,6 +253,11 @@ def group_resampled_means(values, groups, n_groups:int, clusters=None, # NaN val
             out.append(np.stack([cn @ s / (cn @ c) for cn, s, c in zip(counts, sums, cnts)], 1))
     return np.concatenate(out)
 
+def mean_stats(values, groups, n_groups:int, clusters=None, resamples:int=0, seed:int=0):
+    "(1 + R, G + 1, 1): the mean per group, then the gap, on the data then resampled."
+    means = group_resampled_means(values, groups, n_groups, clusters, resamples, seed)
+    return np.concatenate([means, resampled_gap(means)[:, None]], 1)[:, :, None]
+
 def group_mean_rows(values, groups, # per-sample figures (NaN left out) and group codes
                     attribute, # an `fairnb.data.Attribute` or its name
                     split:str='', task:str='identification', metric:str='accuracy',
@@ -256,8 +266,7 @@ def group_mean_rows(values, groups, # per-sample figures (NaN left out) and grou
     "Rows (split, attribute, group, task, metric, value, n, low, high): per-group means and the gap."
     a, v = get_attribute(attribute), np.asarray(values, dtype=float).ravel()
     g = group_codes(groups, a)
-    means = group_resampled_means(v, g, a.n_groups, clusters, resamples, seed)
-    stats = np.concatenate([means, resampled_gap(means)[:, None]], 1)[:, :, None]
+    stats = mean_stats(v, g, a.n_groups, clusters, resamples, seed)
     n = np.bincount(g[~np.isnan(v)], minlength=a.n_groups).tolist()
     return figure_rows(stats, [*a.groups, 'gap'], [task], n + [sum(n)], level, split=split, attribute=a.name,
                        metric=metric)
