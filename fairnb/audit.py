@@ -19,7 +19,8 @@ from .metrics import auc_stats, figure_rows, group_codes, mean_stats, rank1_sear
 # %% auto #0
 __all__ = ['PREDICTIONS', 'write_predictions', 'read_predictions', 'intersect', 'prediction_tasks', 'run_stats', 'grouping',
            'audit_rows', 'worst_subgroup', 'bootstrap_p', 'paired_predictions', 'compare_predictions', 'compare_runs',
-           'prediction_attributes', 'two_proportion_test', 'flip_table', 'race_audit', 'plot_compare']
+           'prediction_attributes', 'describe_change', 'two_proportion_test', 'flip_table', 'race_audit',
+           'plot_compare']
 
 # %% ../nbs/14_audit.ipynb #a0d10006
 PREDICTIONS = 'predictions'
@@ -134,13 +135,14 @@ def compare_predictions(pb:pd.DataFrame, pf:pd.DataFrame, by:list, # groupings, 
     for b in by:
         codes, a = grouping(pb, b)
         (sb, tasks, n), (sf, _, _) = (run_stats(p, codes, a, resamples, seed) for p in (pb, pf))
-        f = dict(attribute=a.name)
-        rows = figure_rows(sf - sb, [*a.groups, 'gap'], tasks, n, level, **f).rename(columns={'value': 'change'})
+        sb, sf = (np.concatenate([s, np.abs(s[:, -1:])], 1) for s in (sb, sf))
+        f, names = dict(attribute=a.name), [*a.groups, 'gap', 'abs_gap']
+        rows = figure_rows(sf - sb, names, tasks, n + n[-1:], level, **f).rename(columns={'value': 'change'})
         for name, s in (('baseline', sb), ('fair', sf)):
-            r = figure_rows(s, [*a.groups, 'gap'], tasks, n, level, **f)
+            r = figure_rows(s, names, tasks, n + n[-1:], level, **f)
             rows[[name, f'{name}_low', f'{name}_high']] = r[['value', 'low', 'high']].to_numpy()
-        rows['p_value'] = [bootstrap_p((sf - sb)[1:, k, j]) for k in range(a.n_groups + 1) for j in range(len(tasks))]
-        out.append(rows.assign(lost=rows.high < 0, small=(rows.group != 'gap') & (rows.n < min_size)))
+        rows['p_value'] = [bootstrap_p((sf - sb)[1:, k, j]) for k in range(len(names)) for j in range(len(tasks))]
+        out.append(rows.assign(lost=rows.high < 0, small=~rows.group.isin(['gap', 'abs_gap']) & (rows.n < min_size)))
     return pd.concat(out, ignore_index=True)
 
 def compare_runs(base, fair, # two finished run folders
@@ -154,6 +156,19 @@ def prediction_attributes(pred:pd.DataFrame):
     "The registered attributes the predictions carry a column of."
     from fairnb.data import ATTRIBUTES
     return [c for c in pred.columns if c in ATTRIBUTES and c not in ('identity',)]
+
+# %% ../nbs/14_audit.ipynb #a0d10041
+def describe_change(rows:pd.DataFrame, # `compare_predictions` rows
+                    attribute:str, task:str, group:str='abs_gap', metric:str='AUC'):
+    "One sentence: a figure under both runs, the change with its interval and p-value, and what that means."
+    r = rows[(rows.attribute == attribute) & (rows.task == task) & (rows.group == group)].iloc[0]
+    what = f'the size of the {attribute} gap' if group == 'abs_gap' else f'the {group} {metric}'
+    if not np.isfinite(r.low) or not np.isfinite(r.high): verdict = 'no interval (too few resamples or samples)'
+    elif r.high < 0: verdict = 'a decrease beyond chance'
+    elif r.low > 0: verdict = 'an increase beyond chance'
+    else: verdict = 'not distinguishable from no change'
+    return (f'{task}: {what} went from {r.baseline:.3f} to {r.fair:.3f}, a change of {r.change:+.3f} '
+            f'[{r.low:+.3f}, {r.high:+.3f}], p = {r.p_value:.3g}: {verdict}.')
 
 # %% ../nbs/14_audit.ipynb #a0d10027
 def two_proportion_test(x1:int, n1:int, x2:int, n2:int, # successes and trials of each sample

@@ -4,6 +4,7 @@
 
 # %% ../nbs/09_evaluate.ipynb #e0a1b2c5
 from __future__ import annotations
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -12,13 +13,14 @@ import torch
 from .core import progress
 
 from .data import ImageTable, get_attribute
-from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_correct
+from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_search
 from .models import SensitiveHead
 from .train import to_device
 
 # %% auto #0
-__all__ = ['predict', 'evaluate_split', 'split_evaluator', 'evaluate_faces', 'face_evaluator', 'embed_splits',
-           'evaluate_discriminator', 'discriminator_evaluator', 'shuffled_batches', 'probe_sensitive']
+__all__ = ['predict', 'split_rows', 'evaluate_split', 'split_evaluator', 'FaceOutcome', 'face_outcomes', 'face_rows',
+           'evaluate_faces', 'face_evaluator', 'embed_splits', 'evaluate_discriminator', 'discriminator_evaluator',
+           'shuffled_batches', 'probe_sensitive']
 
 # %% ../nbs/09_evaluate.ipynb #59b74d1e
 @torch.no_grad()
@@ -33,18 +35,26 @@ def predict(model, loader, device, activation:Callable|None=torch.sigmoid, desc:
 
 # %% ../nbs/09_evaluate.ipynb #fb0f433b
 @torch.no_grad()
-def evaluate_split(model, loader, device, criterion:Callable, tasks:tuple,
-                   attributes:list, # the attributes to report (`Attribute`s or names), the sensitive one included
-                   sensitive, # the sensitive attribute, whose penalties are measured
-                   split:str=''):
-    "Long-form rows: AUC per attribute, group and task; the penalties on `sensitive`."
-    s = get_attribute(sensitive)
-    logits, y, attrs = predict(model, loader, device, activation=None, desc=split or 'evaluate')
-    probs = 1 / (1 + np.exp(-logits))
-    rows = [group_auc(probs, y, attrs[get_attribute(a).name], a, tasks, split) for a in attributes]
+def split_rows(logits, y, attrs:dict, # a model's outputs on a split, from `predict(..., activation=None)`
+               device, criterion:Callable, tasks:tuple,
+               attributes:list, # the attributes to report (`Attribute`s or names), the sensitive one included
+               sensitive, # the sensitive attribute, whose penalties are measured
+               split:str='', clusters=None, # (N,) patients, resampled for the intervals
+               resamples:int=0, seed:int=0): # bootstrap resamples (0: no intervals)
+    "Long-form rows: AUC per attribute, group and task (with intervals); the penalties on `sensitive`."
+    s, probs = get_attribute(sensitive), 1 / (1 + np.exp(-logits))
+    rows = [group_auc(probs, y, attrs[get_attribute(a).name], a, tasks, split, clusters, resamples, seed)
+            for a in attributes]
     batch = to_device((torch.from_numpy(logits), torch.from_numpy(y), torch.from_numpy(attrs[s.name])), device)
     rows.append(penalty_rows(criterion(*batch).cpu().numpy(), probs, y, attrs[s.name], s, split))
     return pd.concat(rows, ignore_index=True)
+
+def evaluate_split(model, loader, device, criterion:Callable, tasks:tuple, attributes:list, sensitive,
+                   split:str='', clusters=None, resamples:int=0, seed:int=0):
+    "`split_rows` of `model` on `loader`."
+    logits, y, attrs = predict(model, loader, device, activation=None, desc=split or 'evaluate')
+    return split_rows(logits, y, attrs, device, criterion, tasks, attributes, sensitive, split, clusters, resamples,
+                      seed)
 
 # %% ../nbs/09_evaluate.ipynb #b2b43dc4
 def split_evaluator(loader, device, criterion:Callable, tasks:tuple,
@@ -60,29 +70,48 @@ def split_evaluator(loader, device, criterion:Callable, tasks:tuple,
     return evaluate
 
 # %% ../nbs/09_evaluate.ipynb #07cda93a
-def _face_correct(split, emb, labels, attrs, gallery, criterion, device):
-    "Per-image correctness: head accuracy on train, rank-1 vs the train gallery on validation, leave-one-out otherwise."
+@dataclass
+class FaceOutcome:
+    "A face model on one split: embeddings, targets, attributes, and per image correct (1/0/NaN) and found."
+    emb: np.ndarray
+    y: np.ndarray
+    attrs: dict
+    correct: np.ndarray
+    found: np.ndarray
+
+def _face_search(split, emb, labels, attrs, gallery, criterion, device):
+    "(correct, found): head accuracy on train, rank-1 vs the train gallery on validation, leave-one-out otherwise."
     if split == 'train':
         with torch.no_grad(): pred = criterion.head(torch.from_numpy(emb).to(device)).argmax(1).cpu().numpy()
-        return (pred == labels).astype(float)
-    if split == 'validation': return rank1_correct(emb, attrs['identity'], gallery[0], gallery[2]['identity'])
-    return rank1_correct(emb, attrs['identity'])
+        return (pred == labels).astype(float), pred
+    if split == 'validation': return rank1_search(emb, attrs['identity'], gallery[0], gallery[2]['identity'])
+    return rank1_search(emb, attrs['identity'])
 
 # %% ../nbs/09_evaluate.ipynb #0f646d7f
-def evaluate_faces(model, criterion, # a `fairnb.losses.MarginLoss` (its head gives train accuracy)
-                   loaders:dict, # split name ('train', 'validation', 'test') -> unaugmented loader
-                   device, attributes:list, # attributes whose accuracy to report, the sensitive one included
-                   sensitive): # the attribute whose groups' angles are reported
-    "Long-form rows: accuracy per attribute and group (with gaps), angles per sensitive group, per split."
-    s_attr = get_attribute(sensitive)
+def face_outcomes(model, criterion, # a `fairnb.losses.MarginLoss` (its head gives train accuracy)
+                  loaders:dict, # split name ('train', 'validation', 'test') -> unaugmented loader
+                  device):
+    "Split -> `FaceOutcome`: the model's embeddings and, per image, whether it was recognised."
     emb = {s: predict(model, l, device, activation=None, desc=s) for s, l in loaders.items()}
-    rows = []
-    for s, (e, y, a) in emb.items():
-        correct = _face_correct(s, e, y, a, emb.get('train'), criterion, device)
-        rows += [group_mean_rows(correct, a[get_attribute(n).name], n, s) for n in attributes]
-        ang = class_angles(e, a['identity'], a[s_attr.name])
-        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m) for m in ('intra_angle', 'inter_angle')]
+    return {s: FaceOutcome(e, y, a, *_face_search(s, e, y, a, emb.get('train'), criterion, device))
+            for s, (e, y, a) in emb.items()}
+
+def face_rows(outcomes:dict, # from `face_outcomes`
+              attributes:list, # attributes whose accuracy to report, the sensitive one included
+              sensitive, # the attribute whose groups' angles are reported
+              resamples:int=0, seed:int=0): # bootstrap resamples of identities (0: no intervals)
+    "Long-form rows: accuracy per attribute and group (with gaps), angles per sensitive group, per split."
+    s_attr, rows, boot = get_attribute(sensitive), [], dict(resamples=resamples, seed=seed)
+    for s, o in outcomes.items():
+        rows += [group_mean_rows(o.correct, o.attrs[get_attribute(n).name], n, s, clusters=o.attrs['identity'], **boot)
+                 for n in attributes]
+        ang = class_angles(o.emb, o.attrs['identity'], o.attrs[s_attr.name])
+        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m, **boot) for m in ('intra_angle', 'inter_angle')]
     return pd.concat(rows, ignore_index=True)
+
+def evaluate_faces(model, criterion, loaders:dict, device, attributes:list, sensitive, resamples:int=0, seed:int=0):
+    "`face_rows` of `face_outcomes`: accuracy per attribute and group, angles per sensitive group, per split."
+    return face_rows(face_outcomes(model, criterion, loaders, device), attributes, sensitive, resamples, seed)
 
 def face_evaluator(criterion, loaders:dict, device, sensitive):
     "A function model -> {'train_acc_male': ..., 'val_acc_gap': ...} for `fit` (loaders: 'train' and 'validation')."

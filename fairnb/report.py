@@ -18,8 +18,8 @@ from .data import get_attribute
 
 # %% auto #0
 __all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'SPLITS', 'PAPER_TABLE3', 'validate_rows', 'write_results', 'read_results', 'find_runs',
-           'collect_runs', 'mean_interval', 'paper_table', 'gap_summary', 'plot_groups', 'plot_history', 'sirn_table',
-           'plot_game']
+           'collect_runs', 'mean_interval', 'with_interval', 'paper_table', 'gap_summary', 'plot_groups',
+           'plot_history', 'sirn_table', 'plot_game']
 
 # %% ../nbs/10_report.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
@@ -125,7 +125,7 @@ def mean_interval(values, level:float=0.95): # one figure per seed
     return (float(v.mean()), float(v.mean() - half), float(v.mean() + half), n)
 
 # %% ../nbs/10_report.ipynb #8f948a3a
-def _with_interval(v, lo, hi, digits:int=3):
+def with_interval(v, lo, hi, digits:int=3):
     "'0.812 [0.790, 0.833]', or the figure alone when its interval is unknown."
     if pd.isna(v): return 'n/a'
     return f'{v:.{digits}f}' + ('' if pd.isna(lo) or pd.isna(hi) else f' [{lo:.{digits}f}, {hi:.{digits}f}]')
@@ -140,7 +140,7 @@ def paper_table(rows:pd.DataFrame, # long-form results rows
     a = get_attribute(attribute); groups = (*a.groups, *extra)
     df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)]
     if intervals:
-        df = df.assign(value=[_with_interval(*r) for r in df.reindex(columns=['value', 'low', 'high']).values])
+        df = df.assign(value=[with_interval(*r) for r in df.reindex(columns=['value', 'low', 'high']).values])
     t = df.pivot_table(index='task', columns=['split', 'group'], values='value', sort=False, dropna=False,
                        aggfunc='first')
     t = t.reindex(columns=pd.MultiIndex.from_product([[s for s in SPLITS if s in df.split.values], groups]))

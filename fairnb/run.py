@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -27,16 +28,20 @@ from .losses import MarginLoss, pos_weights, weighted_bce
 from .models import SIRN, CosFace, check_model_name, create_model, load_weights
 from .schemes import SCHEMES, Scheme, get_scheme
 from .train import fit
-from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
+from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces, face_outcomes,
+                             face_rows, predict, split_rows,
                              evaluate_split, face_evaluator, probe_sensitive, split_evaluator)
 from .report import write_results
+from .audit import race_audit, write_predictions
+from .bupt import bupt_dataset, read_bupt, synthetic_bupt
 
 # %% auto #0
-__all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'PARAM_TYPES', 'Problem', 'check_female_share', 'check_chexpert',
-           'check_faces', 'check_fair_features', 'resolve_config', 'Run', 'watch_failures', 'unwatch_failures',
-           'start_run', 'Model', 'Data', 'split_shares', 'chexpert_data', 'chexpert_model', 'train_chexpert',
-           'evaluate_chexpert', 'face_data', 'face_model', 'train_face_model', 'evaluate_face_model', 'face_backbone',
-           'Game', 'sirn_game', 'evaluate_fair_features', 'fair_features_state']
+__all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'PARAM_TYPES', 'BUPT_IDS_PER_RACE', 'Problem', 'check_female_share',
+           'check_bootstrap', 'check_chexpert', 'check_faces', 'check_fair_features', 'resolve_config', 'Run',
+           'watch_failures', 'unwatch_failures', 'start_run', 'Model', 'Data', 'split_shares', 'chexpert_data',
+           'chexpert_model', 'train_chexpert', 'chexpert_predictions', 'evaluate_chexpert', 'face_data', 'face_model',
+           'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows', 'face_backbone', 'Game',
+           'sirn_game', 'evaluate_fair_features', 'fair_features_state']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -61,14 +66,21 @@ def check_female_share(config:dict):
         raise ValueError(f"female_share must lie in (0, 1) and is for the synthetic CelebA only (data_dir=None); "
                          f"got {fs!r} with data_dir={config['data_dir']!r}.")
 
+def check_bootstrap(config:dict):
+    "`bootstrap`, the resamples behind each interval, is an integer >= 0 (0: no intervals)."
+    b = config.get('bootstrap', 0)
+    if not isinstance(b, int) or isinstance(b, bool) or b < 0:
+        raise ValueError(f'bootstrap must be an integer >= 0 (resamples per interval; 0 for none), got {b!r}.')
+
 def check_chexpert(config:dict):
     "`views` is one CheXpert has; a `data_dir`, when given, is a CheXpert folder."
-    check_config(config, choices={'views': VIEWS})
+    check_config(config, choices={'views': VIEWS}); check_bootstrap(config)
     if config.get('data_dir'): find_chexpert_dir(config['data_dir'])
 
 def check_faces(config:dict):
     "A `data_dir`, when given, is a CelebA folder; `female_share` is for the synthetic one."
     if config.get('data_dir'): find_celeba_dir(config['data_dir'])
+    check_bootstrap(config)
     check_female_share(config)
 
 def check_fair_features(config:dict):
@@ -93,7 +105,8 @@ PARAM_TYPES = {'seed': int, 'num_workers': int, 'overwrite': bool, 'resume': boo
                'width': (int, None), 'n_test_ids': (int, None), 'female_share': (float, None), 'm': float,
                'milestones': list, 'data_dir': (str, None), 'weights_path': (str, None),
                'backbone_checkpoint': (str, None), 'out_dir': str, 'device': str, 'sensitive': str, 'scheme': str,
-               'preset': str, 'views': str, 'model': str, 'backbone': str, 'on_bad_image': str}
+               'preset': str, 'views': str, 'model': str, 'backbone': str, 'on_bad_image': str, 'bootstrap': int,
+               'bupt_dir': (str, None)}
 
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
@@ -262,11 +275,22 @@ def train_chexpert(run:Run, data:Data, model:Model):
     on_train, on_val = ev(run.loader(ds['train_eval']), prefix='train'), ev(run.loader(ds['validation']), prefix='val')
     return run.train(model, ds['train'], lambda m: on_train(m) | on_val(m), holdout=ds['validation'])
 
+def chexpert_predictions(frame:pd.DataFrame, logits, y, attrs:dict):
+    "Per image: its path, patient, attribute codes, labels `y_<task>` and probabilities `p_<task>`."
+    probs = 1 / (1 + np.exp(-logits))
+    return pd.DataFrame({'image': frame.file.map(lambda f: '/'.join(Path(f).parts[-4:])), 'patient': frame.patient,
+                         **attrs, **{f'y_{t}': y[:, j] for j, t in enumerate(TASKS)},
+                         **{f'p_{t}': probs[:, j] for j, t in enumerate(TASKS)}})
+
 def evaluate_chexpert(run:Run, data:Data, model:Model):
-    "Results rows of every split: AUC per attribute, group and task; the penalties."
-    splits = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}
-    rows = [evaluate_split(model.net, run.loader(data.datasets[d]), run.device, model.criterion, TASKS,
-                           run.attributes, run.attribute, s) for s, d in splits.items()]
+    "Results rows of every split (AUC per attribute, group and task, with intervals; the penalties); keeps predictions."
+    splits, rows = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}, []
+    boot = dict(resamples=run.config.get('bootstrap', 1000), seed=run.config['seed'])
+    for s, d in splits.items():
+        logits, y, attrs = predict(model.net, run.loader(data.datasets[d]), run.device, activation=None, desc=s)
+        rows.append(split_rows(logits, y, attrs, run.device, model.criterion, TASKS, run.attributes, run.attribute, s,
+                               clusters=data.frames[s].patient.to_numpy(), **boot))
+        if s != 'train': write_predictions(run.out, s, chexpert_predictions(data.frames[s], logits, y, attrs))
     return pd.concat(rows + [split_shares(run, data)], ignore_index=True)
 
 # %% ../nbs/11_run.ipynb #a11c0029
@@ -305,12 +329,32 @@ def train_face_model(run:Run, data:Data, model:Model, scheme:Scheme|None=None, n
     evaluate = face_evaluator(model.criterion, loaders, run.device, run.attribute)
     return run.train(model, ds['train'], evaluate, holdout=ds.get('holdout'), scheme=scheme, name=name)
 
+def face_predictions(frame:pd.DataFrame, outcome):
+    "Per image: its name, identity, attribute codes, whether it was recognised and the identity found."
+    return pd.DataFrame({'image': frame.image, **outcome.attrs, 'correct': outcome.correct, 'found': outcome.found})
+
 def evaluate_face_model(run:Run, data:Data, model:Model):
-    "Results rows of every split: accuracy per attribute and group, and the class angles."
+    "Results rows of every split (accuracy per attribute and group, angles, with intervals); keeps predictions."
     splits = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}
-    loaders = {s: run.loader(data.datasets[d]) for s, d in splits.items()}
-    rows = evaluate_faces(model.net, model.criterion, loaders, run.device, run.attributes, run.attribute)
-    return pd.concat([rows, split_shares(run, data)], ignore_index=True)
+    out = face_outcomes(model.net, model.criterion, {s: run.loader(data.datasets[d]) for s, d in splits.items()},
+                        run.device)
+    for s in ('validation', 'test'): write_predictions(run.out, s, face_predictions(data.frames[s], out[s]), out[s].emb)
+    rows = face_rows(out, run.attributes, run.attribute, run.config.get('bootstrap', 1000), run.config['seed'])
+    return pd.concat([rows, split_shares(run, data), bupt_race_rows(run, model)], ignore_index=True)
+
+BUPT_IDS_PER_RACE = 1000   # identities per race sampled from the real BUPT-Balancedface (about 7000 each)
+
+def bupt_race_rows(run:Run, model:Model):
+    "Rank-1 accuracy per race on BUPT (`bupt_dir`, or the synthetic one with synthetic faces); keeps predictions."
+    c = run.config
+    if not c.get('bupt_dir') and c['data_dir']:
+        print('BUPT audit skipped: set bupt_dir to audit a model of real faces by race.'); return pd.DataFrame()
+    frame = read_bupt(c['bupt_dir'], BUPT_IDS_PER_RACE, c['seed']) if c.get('bupt_dir') else read_bupt(synthetic_bupt())
+    ds = bupt_dataset(frame, c['img_size'], preload=c['preload'])
+    emb = predict(model.net, run.loader(ds), run.device, activation=None, desc='BUPT')[0]
+    rows, pred = race_audit(emb, frame, c.get('bootstrap', 1000), c['seed'])
+    write_predictions(run.out, 'bupt', pred, emb)
+    return rows
 
 # %% ../nbs/11_run.ipynb #a11c0032
 def face_backbone(run:Run, data:Data):
