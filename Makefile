@@ -38,13 +38,14 @@ sync: $(VENV)/.installed
 	echo "nbs/ and fairnb/ in sync"
 
 nbtest: $(VENV)/.installed
-	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^(run_|tables)'
+	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^(run_|tables|audit)'
 
 pytest: $(VENV)/.installed
 	timeout 2400 $(BIN)/pytest -q tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_loading.py
+	$(BIN)/python bench/bench_bootstrap.py
 
 clean:
 	rm -rf reports .cache .pytest_cache

@@ -86,7 +86,8 @@ def grouping(pred:pd.DataFrame, by): # an attribute name, or a tuple of names (t
     "(codes, Attribute) of the predictions' samples by `by`."
     if isinstance(by, (tuple, list)): return intersect(pred, list(by))
     a = get_attribute(by)
-    if a.name not in pred: raise KeyError(f'the predictions carry no {a.name!r} column; they carry {list(pred.columns)}.')
+    if a.name not in pred:
+        raise KeyError(f'the predictions carry no {a.name!r} column; they carry {list(pred.columns)}.')
     return group_codes(pred[a.name], a), a
 
 def audit_rows(pred:pd.DataFrame, by:list, # attribute names, or tuples of them for intersections
@@ -218,7 +219,8 @@ def plot_compare(rows:pd.DataFrame, # `compare_predictions` rows of one grouping
     for ax, t in zip(axs[0], tasks):
         d = r[r.task == t]; x = np.arange(len(d))
         for i, (name, lab) in enumerate(zip(('baseline', 'fair'), labels)):
-            v = d[name].to_numpy(dtype=float); err = np.abs(d[[f'{name}_low', f'{name}_high']].to_numpy(dtype=float).T - v)
+            v = d[name].to_numpy(dtype=float)
+            err = np.abs(d[[f'{name}_low', f'{name}_high']].to_numpy(dtype=float).T - v)
             ax.errorbar(x + (i - 0.5) * 0.2, v, yerr=np.nan_to_num(err), fmt='o', capsize=3, label=lab, color=f'C{i}')
         ax.set(title=t, xticks=x, xticklabels=d.group, xlabel=d.attribute.iloc[0])
         ax.tick_params(axis='x', rotation=30)

@@ -106,7 +106,8 @@ def face_rows(outcomes:dict, # from `face_outcomes`
         rows += [group_mean_rows(o.correct, o.attrs[get_attribute(n).name], n, s, clusters=o.attrs['identity'], **boot)
                  for n in attributes]
         ang = class_angles(o.emb, o.attrs['identity'], o.attrs[s_attr.name])
-        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m, **boot) for m in ('intra_angle', 'inter_angle')]
+        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m, **boot)
+                 for m in ('intra_angle', 'inter_angle')]
     return pd.concat(rows, ignore_index=True)
 
 def evaluate_faces(model, criterion, loaders:dict, device, attributes:list, sensitive, resamples:int=0, seed:int=0):

@@ -28,8 +28,8 @@ from .losses import MarginLoss, pos_weights, weighted_bce
 from .models import SIRN, CosFace, check_model_name, create_model, load_weights
 from .schemes import SCHEMES, Scheme, get_scheme
 from .train import fit
-from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces, face_outcomes,
-                             face_rows, predict, split_rows,
+from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
+                             face_outcomes, face_rows, predict, split_rows,
                              evaluate_split, face_evaluator, probe_sensitive, split_evaluator)
 from .report import write_results
 from .audit import race_audit, write_predictions
