@@ -41,7 +41,7 @@ nbtest: $(VENV)/.installed
 	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^(run_|tables|audit)'
 
 pytest: $(VENV)/.installed
-	timeout 2400 $(BIN)/pytest -q tests
+	timeout 3600 $(BIN)/pytest -q tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_loading.py
