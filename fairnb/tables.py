@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from .chexpert import TASK_ABBR
-from .report import collect_runs, mean_interval
+from .report import collect_runs, mean_interval, ROW_KEYS, OPTIONAL_KEYS
 
 # %% auto #0
 __all__ = ['NOTEBOOKS', 'TABLES', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table', 'register_table',
@@ -231,7 +231,7 @@ def cell_runs(runs:pd.DataFrame, c:Cell, params:dict|None=None): # `collect_runs
     if runs.empty or 'seed' not in runs: return runs.iloc[0:0].assign(seed=pd.Series(dtype=int))
     cfg = runs.drop_duplicates('run').set_index('run')
     ok = [run for run, r in cfg.iterrows() if all(k in r and _same(r[k], v) for k, v in want.items())]
-    keys = [k for k in cfg.columns if k not in (*SEED_FREE, 'split', 'attribute', 'group', 'task', 'metric', 'value')]
+    keys = [k for k in cfg.columns if k not in (*SEED_FREE, *ROW_KEYS, *OPTIONAL_KEYS)]   # config keys only
     mixed = [k for k in keys if cfg.loc[ok, k].map(repr).nunique() > 1]
     if mixed: raise ValueError(f"the runs of {c.block} {c.row or ''} differ in {mixed}, not only in the seed: "
                                f'{sorted(ok)}. Keep each sweep (its --set values) in its own folder.')
