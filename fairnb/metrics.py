@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_metrics.ipynb #4fa35adc
 from __future__ import annotations
-import warnings
+import os, warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -17,22 +18,10 @@ from .data import get_attribute
 from .losses import PENALTIES
 
 # %% auto #0
-__all__ = ['safe_auc', 'group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'auc_by_rank', 'cluster_index',
-           'resample_counts', 'group_resampled_auc', 'resampled_gap', 'figure_rows', 'auc_stats', 'group_auc',
-           'penalty_rows', 'nearest_neighbours', 'rank1_search', 'rank1_correct', 'group_resampled_means', 'mean_stats',
-           'group_mean_rows', 'class_angles']
-
-# %% ../nbs/08_metrics.ipynb #54a65786
-def safe_auc(y:np.ndarray, # 0/1 labels
-             p:np.ndarray, # scores
-             what:str=''): # named in the warning
-    "ROC AUC, or NaN with a warning when `y` holds a single class."
-    y = np.asarray(y)
-    if len(np.unique(y)) < 2:
-        warnings.warn(f'AUC undefined for {what or "these samples"}: {len(y)} samples, all of class {y[:1].tolist()}; '
-                      'reported as NaN.')
-        return float('nan')
-    return float(roc_auc_score(y, p))
+__all__ = ['group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'sorted_group_auc', 'task_auc', 'parallel_map',
+           'auc_by_rank', 'cluster_index', 'draw_counts', 'resample_counts', 'group_resampled_auc', 'resampled_gap',
+           'figure_rows', 'auc_stats', 'group_auc', 'penalty_rows', 'loo_nearest', 'nearest_neighbours', 'rank1_search',
+           'rank1_correct', 'group_resampled_means', 'mean_stats', 'group_mean_rows', 'class_angles']
 
 # %% ../nbs/08_metrics.ipynb #b5b89f0a
 def group_gap(values, # one figure per group, in code order
@@ -77,16 +66,43 @@ def auc_design(y_sorted:np.ndarray, # (n,) 0/1 labels, in ascending order of sco
     A = sp.csr_matrix((np.ones(len(rows)), (rows, np.r_[clusters[y], clusters[neg], clusters[below]])),
                       shape=(3 * m, n_clusters))
     per = lambda mask: np.bincount(clusters[mask], minlength=n_clusters).astype(float)
-    return A, per(y), per(~y)
+    return A, np.stack([per(y), per(~y)])              # and each cluster's positives and negatives, (2, K)
 
 def design_auc(counts:np.ndarray, # (R, K) weight of each cluster, one row per resample
-               design): # from `auc_design`
+               design, # from `auc_design`
+               counts_t:np.ndarray|None=None): # `counts.T`, C-contiguous, when the caller has it
     "(R,) AUC for each row of cluster weights (ties count a half); NaN where a class has no weight."
-    A, pos, neg = design; m = A.shape[0] // 3
-    M = A @ np.ascontiguousarray(counts.T)             # (3m, R): per positive block, P_k, G_k + N_k and N_k
-    num = (M[:m] * np.cumsum(M[m:2 * m], 0)).sum(0) - 0.5 * (M[:m] * M[2 * m:]).sum(0)
-    den = (counts @ pos) * (counts @ neg)
+    (A, pn), m = design, design[0].shape[0] // 3
+    ct = np.ascontiguousarray(counts.T) if counts_t is None else counts_t
+    M = A @ ct                                         # (3m, R): per positive block, P_k, G_k + N_k and N_k
+    C = np.cumsum(M[m:2 * m], 0, out=M[m:2 * m])       # N_<=k, in place
+    num = np.einsum('kr,kr->r', M[:m], C) - 0.5 * np.einsum('kr,kr->r', M[:m], M[2 * m:])
+    den = np.prod(np.einsum('ck,kr->cr', pn, ct), 0)   # P N per resample (einsum: small BLAS calls stall on
+                                                       # busy cores)
     with np.errstate(invalid='ignore', divide='ignore'): return np.where(den > 0, num / den, np.nan)
+
+def sorted_group_auc(y, s, g, # one task's 0/1 labels, scores and group codes, in ascending order of score
+                     n_groups:int):
+    "(G,) AUC of each group from one sorted pass (ties count a half); NaN where a group lacks a class."
+    if not len(s): return np.full(n_groups, np.nan)
+    starts, pos = tie_starts(s), np.asarray(y) > 0
+    member = np.asarray(g)[None] == np.arange(n_groups)[:, None]                     # (G, n)
+    P, N = (member & pos).astype(np.int64), (member & ~pos).astype(np.int64)
+    if len(starts) < len(s): P, N = np.add.reduceat(P, starts, axis=1), np.add.reduceat(N, starts, axis=1)
+    num = (P * (2 * (np.cumsum(N, 1) - N) + N)).sum(1) / 2                              # P_k (N_<k + N_k / 2)
+    den = P.sum(1).astype(float) * N.sum(1)
+    with np.errstate(invalid='ignore', divide='ignore'): return np.where(den > 0, num / den, np.nan)
+
+def task_auc(p, y, g, # one task's scores, 0/1 labels and group codes, (n,)
+             n_groups:int):
+    "(order, AUC per group): the task's samples sorted once by score, and every group's AUC read off that order."
+    o = np.argsort(p); return o, sorted_group_auc(y[o], p[o], g[o], n_groups)
+
+def parallel_map(fn, items):
+    "`[fn(x) for x in items]` in threads, one per core: NumPy releases the GIL in sorts and array passes."
+    items, cores = list(items), os.cpu_count() or 1
+    if len(items) < 2 or cores < 2: return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(len(items), cores)) as ex: return list(ex.map(fn, items))
 
 def auc_by_rank(y, s, # 0/1 labels and scores, (n,)
                 w=None): # (n,) or (R, n) sample weights; None: 1
@@ -110,14 +126,18 @@ def cluster_index(groups, # (N,) group codes
         local[m] = pd.factorize(c[m])[0]; sizes.append(int(local[m].max()) + 1 if m.any() else 0)
     return local, sizes
 
+def draw_counts(rng:np.random.Generator, k:int, r:int):
+    "(r, k): for each of r resamples, how often each of k clusters was drawn in k draws with replacement."
+    idx = rng.integers(0, k, (r, k)) + k * np.arange(r)[:, None]
+    return np.bincount(idx.ravel(), minlength=r * k).reshape(r, k).astype(float)
+
 def resample_counts(sizes:list, # clusters per group, from `cluster_index`
                     resamples:int=1000, seed:int=0, chunk:int=100) -> Iterator[list]:
     "Per chunk of resamples: one (r, K_g) array per group, how often each cluster was drawn (K_g out of K_g)."
     rng = np.random.default_rng(seed)
     for start in range(0, resamples, chunk):
         r = min(chunk, resamples - start)
-        yield [rng.multinomial(k, np.full(k, 1 / k), size=r).astype(float) if k else np.zeros((r, 0))
-               for k in sizes]
+        yield [draw_counts(rng, k, r) if k else np.zeros((r, 0)) for k in sizes]
 
 # %% ../nbs/08_metrics.ipynb #c0de0009
 def group_resampled_auc(probs, targets, groups, # (N, T), (N, T), (N,) group codes
@@ -125,18 +145,20 @@ def group_resampled_auc(probs, targets, groups, # (N, T), (N, T), (N,) group cod
                         resamples:int=0, seed:int=0):
     "(1 + R, G, T) AUC per group and task: row 0 on the data, rows 1..R on cluster resamples within groups."
     probs, targets, g = np.asarray(probs, dtype=float), np.asarray(targets, dtype=float), np.asarray(groups)
+    pt, yt, out = probs.T.copy(), targets.T.copy(), np.full((1 + resamples, n_groups, probs.shape[1]), np.nan)
+    done = parallel_map(lambda t: task_auc(pt[t], yt[t], g, n_groups), range(len(pt)))
+    orders = [o for o, _ in done]
+    if done: out[0] = np.stack([a for _, a in done], 1)
+    if not resamples: return out
     local, sizes = cluster_index(g, n_groups, clusters)
-    out, prep = np.full((1 + resamples, n_groups, probs.shape[1]), np.nan), {}
-    for t in range(probs.shape[1]):
-        order = np.argsort(probs[:, t], kind='stable')
-        for k in range(n_groups):
-            sel = order[g[order] == k]
-            prep[t, k] = auc_design(targets[sel, t], tie_starts(probs[sel, t]), local[sel], sizes[k])
-            out[0, k, t] = design_auc(np.ones((1, sizes[k])), prep[t, k])[0]
+    prep = {(t, k): auc_design(targets[sel, t], tie_starts(probs[sel, t]), local[sel], sizes[k])
+            for t, o in enumerate(orders) for k in range(n_groups) for sel in [o[g[o] == k]]}
     row = 1
     for counts in resample_counts(sizes, resamples, seed):
         r = len(counts[0])
-        for (t, k), design in prep.items(): out[row:row + r, k, t] = design_auc(counts[k], design)
+        ct = [np.ascontiguousarray(c.T) for c in counts]
+        aucs = parallel_map(lambda tk: design_auc(counts[tk[1]], prep[tk], ct[tk[1]]), prep)
+        for (t, k), a in zip(prep, aucs): out[row:row + r, k, t] = a
         row += r
     return out
 
@@ -206,23 +228,40 @@ def penalty_rows(losses, probs, targets, groups, # arrays: (N,), (N, T), (N, T),
                               value=float(fn(l, p, y, g.long(), a.n_groups))) for k, fn in PENALTIES.items()])
 
 # %% ../nbs/08_metrics.ipynb #69b886ee
+def _float_tensor(x): return x.float() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
+
+def _keep_best(best, arg, start:int, values, index):
+    "Where `values` beat `best[start:...]`, take them and their `index`."
+    b, a = best[start:start + len(values)], arg[start:start + len(values)]
+    better = values > b
+    b[better], a[better] = values[better], index[better]
+
+@torch.no_grad()
+def loo_nearest(emb, # (N, D) embeddings, array or tensor
+                chunk:int=4096): # rows per tile
+    "(similarity, index): each row's nearest other row by cosine similarity, from the upper triangle only."
+    e = torch.nn.functional.normalize(_float_tensor(emb), dim=1); n = len(e)
+    best, arg = torch.full((n,), -float('inf')), torch.zeros(n, dtype=torch.long)
+    for i in range(0, n, chunk):
+        for j in range(i, n, chunk):
+            sim = e[i:i + chunk] @ e[j:j + chunk].T
+            if i == j: sim.fill_diagonal_(-float('inf'))
+            v, k = sim.max(1); _keep_best(best, arg, i, v, k + j)
+            if j > i: v, k = sim.max(0); _keep_best(best, arg, j, v, k + i)
+    return best, arg
+
 @torch.no_grad()
 def nearest_neighbours(probes:torch.Tensor, # (P, D) embeddings
                        gallery:torch.Tensor, # (G, D) embeddings
                        exclude_self:bool=False, # probes == gallery: skip each probe's own entry
                        chunk:int=4096): # probes per similarity block
     "Index into `gallery` of each probe's nearest neighbour by cosine similarity."
-    p, g = torch.nn.functional.normalize(probes.float(), dim=1), torch.nn.functional.normalize(gallery.float(), dim=1)
-    out = []
-    for i in range(0, len(p), chunk):
-        sim = p[i:i + chunk] @ g.T
-        if exclude_self: sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -float('inf')
-        out.append(sim.argmax(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    if exclude_self: return loo_nearest(probes, chunk)[1]
+    p, g = (torch.nn.functional.normalize(_float_tensor(x), dim=1) for x in (probes, gallery))
+    out = [p[i:i + chunk] @ g.T for i in range(0, len(p), chunk)]
+    return torch.cat([o.argmax(1) for o in out]) if out else torch.zeros(0, dtype=torch.long)
 
 # %% ../nbs/08_metrics.ipynb #18207bd7
-def _float_tensor(x): return x.float() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
-
 def rank1_search(probe_emb, probe_ids, gallery_emb=None, gallery_ids=None, # gallery None: leave-one-out in the probes
                  chunk:int=4096):
     "(correct, found): per probe 1.0 / 0.0 / NaN (unrecognisable), and the identity of its nearest neighbour."
@@ -245,12 +284,12 @@ def group_resampled_means(values, groups, n_groups:int, clusters=None, # NaN val
     v, g = np.asarray(values, dtype=float).ravel(), np.asarray(groups).ravel()
     keep = ~np.isnan(v); v, g = v[keep], g[keep]
     local, sizes = cluster_index(g, n_groups, None if clusters is None else np.asarray(clusters).ravel()[keep])
-    sums = [np.bincount(local[g == k], v[g == k], minlength=sizes[k]) for k in range(n_groups)]
-    cnts = [np.bincount(local[g == k], minlength=sizes[k]).astype(float) for k in range(n_groups)]
-    out = [np.array([[s.sum() / c.sum() if c.sum() else np.nan for s, c in zip(sums, cnts)]])]
+    sc = [np.stack([np.bincount(local[g == k], v[g == k], minlength=sizes[k]),
+                    np.bincount(local[g == k], minlength=sizes[k]).astype(float)]) for k in range(n_groups)]
     with np.errstate(invalid='ignore', divide='ignore'):
+        out = [np.array([[s.sum() / c.sum() for s, c in sc]])]
         for counts in resample_counts(sizes, resamples, seed):
-            out.append(np.stack([cn @ s / (cn @ c) for cn, s, c in zip(counts, sums, cnts)], 1))
+            out.append(np.stack([np.divide(*np.einsum('ck,rk->cr', x, cn)) for cn, x in zip(counts, sc)], 1))
     return np.concatenate(out)
 
 def mean_stats(values, groups, n_groups:int, clusters=None, resamples:int=0, seed:int=0):
@@ -272,11 +311,6 @@ def group_mean_rows(values, groups, # per-sample figures (NaN left out) and grou
                        metric=metric)
 
 # %% ../nbs/08_metrics.ipynb #1c6a8772
-def _max_other(sim, offset):
-    "Row-wise max similarity, skipping each row's own column (row i is column offset + i)."
-    sim[torch.arange(len(sim)), torch.arange(offset, offset + len(sim))] = -float('inf')
-    return sim.max(1).values
-
 @torch.no_grad()
 def class_angles(emb, ids, groups, chunk:int=4096):
     "DataFrame per identity: group, intra_angle, inter_angle (degrees)."
@@ -287,7 +321,7 @@ def class_angles(emb, ids, groups, chunk:int=4096):
     deg = lambda c: torch.rad2deg(torch.arccos(c.clamp(-1, 1)))
     size = torch.bincount(inv_t)
     intra = torch.zeros(len(uid)).index_add_(0, inv_t, deg((e * centres[inv_t]).sum(1))) / size.float()
-    nearest = torch.cat([_max_other(centres[i:i + chunk] @ centres.T, i) for i in range(0, len(uid), chunk)])
+    nearest = loo_nearest(centres, chunk)[0]
     grp = pd.Series(np.asarray(groups)).groupby(inv).first().values
     return pd.DataFrame({'identity': uid, 'group': grp, 'images': size.numpy(),
                          'intra_angle': np.where(size.numpy() > 1, intra.numpy(), np.nan),
