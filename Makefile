@@ -44,8 +44,11 @@ pytest: $(VENV)/.installed
 	timeout 3600 $(BIN)/pytest -q tests
 
 bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_rank1.py
+	$(BIN)/python bench/bench_auc.py
 	$(BIN)/python bench/bench_loading.py
-	$(BIN)/python bench/bench_bootstrap.py
+	$(BIN)/python bench/gpu.py --smoke
 
 clean:
 	rm -rf reports .cache .pytest_cache

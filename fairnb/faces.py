@@ -262,11 +262,12 @@ def backbone_run(path, # a run_facerec run folder, or the model.pt in it
 FACE_PRESETS = {
     'smoke': dict(backbone='face_cnn', width=8, emb_size=64, img_size=32, epochs=1, batch_size=128, lr=0.1,
                   milestones=[], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
-                  sirn_epochs=2, sirn_lr=1e-3),
+                  sirn_epochs=2, sirn_lr=1e-3, precision='fp32', channels_last=False, compile_model=False),
     'cpu': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=16, batch_size=64, lr=0.1,
                 milestones=[8, 12, 14], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
-                sirn_epochs=30, sirn_lr=1e-3),
+                sirn_epochs=30, sirn_lr=1e-3, precision='fp32', channels_last=False, compile_model=False),
     'paper': dict(backbone='resnet18', width=None, emb_size=512, img_size=112, epochs=120, batch_size=512, lr=0.1,
                   milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8,
-                  sirn_epochs=30, sirn_lr=1e-3, on_synthetic=dict(n_test_ids=None)),   # 1000: more than it has
+                  sirn_epochs=30, sirn_lr=1e-3, precision='bf16', channels_last=True, compile_model=True,
+                  on_synthetic=dict(n_test_ids=None)),   # 1000 test identities: more than the synthetic set has
 }

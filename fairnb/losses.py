@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import all_reduce_sums, global_max
+
 # %% auto #0
 __all__ = ['PENALTIES', 'pos_weights', 'weighted_bce', 'group_losses', 'minmax_loss', 'group_means', 'group_pairs',
            'equal_loss_penalty', 'equalized_odds_penalty', 'disparate_impact_penalty', 'register_penalty',
@@ -31,11 +33,13 @@ def weighted_bce(logits:torch.Tensor, # (B, T)
 # %% ../nbs/05_losses.ipynb #727dc4e0
 def group_losses(losses:torch.Tensor, # (B,) per-sample losses
                  groups:torch.Tensor, # (B,) integer group codes
-                 n_groups:int=2):
+                 n_groups:int=2,
+                 sync:bool=True): # under torchrun: sum over every process's batch (the global batch)
     "(means, counts): per-group mean loss (0 where a group is absent) and group sizes."
     groups = groups.long().to(losses.device)
     counts = torch.bincount(groups, minlength=n_groups)[:n_groups].to(losses.dtype)
     sums = torch.zeros(n_groups, dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
+    if sync: sums, counts = all_reduce_sums(sums, counts)
     return sums / counts.clamp(min=1), counts
 
 # %% ../nbs/05_losses.ipynb #68a4df25
@@ -52,13 +56,13 @@ def group_means(x:torch.Tensor, # (N, ...) per-sample values
                 groups:torch.Tensor, # (N,) integer group codes
                 n_groups:int|None=None): # number of groups; None: largest code + 1 (at least 2)
     "(means (G, ...) with 0 where a group is absent, present (G,) bool)."
-    G = n_groups or (max(int(groups.max()) + 1, 2) if groups.numel() else 2)
-    means, present = [], []
+    G = n_groups or global_max(max(int(groups.max()) + 1, 2) if groups.numel() else 2)
+    sums, counts = [], []
     for g in range(G):
         a = (groups == g).reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-        n = a.sum(0)
-        means.append((x * a).sum(0) / n.clamp(min=1)); present.append(bool(n.min() > 0))
-    return torch.stack(means), torch.tensor(present)
+        sums.append((x * a).sum(0)); counts.append(a.sum(0))
+    sums, counts = all_reduce_sums(torch.stack(sums), torch.stack(counts))
+    return sums / counts.clamp(min=1), (counts.reshape(G, -1).amin(1) > 0).cpu()
 
 def group_pairs(means:torch.Tensor, present:torch.Tensor):
     "(a, b): the means of the present groups i and j for every pair i > j, stacked along dim 0."

@@ -20,8 +20,8 @@ from .losses import PENALTIES
 # %% auto #0
 __all__ = ['group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'sorted_group_auc', 'task_auc', 'parallel_map',
            'auc_by_rank', 'cluster_index', 'draw_counts', 'resample_counts', 'group_resampled_auc', 'resampled_gap',
-           'figure_rows', 'auc_stats', 'group_auc', 'penalty_rows', 'loo_nearest', 'nearest_neighbours', 'rank1_search',
-           'rank1_correct', 'group_resampled_means', 'mean_stats', 'group_mean_rows', 'class_angles']
+           'figure_rows', 'auc_stats', 'group_auc', 'penalty_rows', 'column_max', 'loo_nearest', 'nearest_neighbours',
+           'rank1_search', 'rank1_correct', 'group_resampled_means', 'mean_stats', 'group_mean_rows', 'class_angles']
 
 # %% ../nbs/08_metrics.ipynb #b5b89f0a
 def group_gap(values, # one figure per group, in code order
@@ -236,6 +236,13 @@ def _keep_best(best, arg, start:int, values, index):
     better = values > b
     b[better], a[better] = values[better], index[better]
 
+def column_max(sim:torch.Tensor, rows:int=64):
+    "`sim.max(0)`, faster: the maxima of strips of `rows` rows, then the winning strip searched per column."
+    n, w = sim.shape
+    v, strip = torch.stack([s.amax(0) for s in sim.split(rows)]).max(0)        # first strip holding the max
+    r = (strip[:, None] * rows + torch.arange(rows)).clamp(max=n - 1)           # (w, rows): that strip's rows
+    return v, r.gather(1, sim[r, torch.arange(w)[:, None]].argmax(1, keepdim=True))[:, 0]
+
 @torch.no_grad()
 def loo_nearest(emb, # (N, D) embeddings, array or tensor
                 chunk:int=4096): # rows per tile
@@ -247,7 +254,7 @@ def loo_nearest(emb, # (N, D) embeddings, array or tensor
             sim = e[i:i + chunk] @ e[j:j + chunk].T
             if i == j: sim.fill_diagonal_(-float('inf'))
             v, k = sim.max(1); _keep_best(best, arg, i, v, k + j)
-            if j > i: v, k = sim.max(0); _keep_best(best, arg, j, v, k + i)
+            if j > i: v, k = column_max(sim); _keep_best(best, arg, j, v, k + i)
     return best, arg
 
 @torch.no_grad()

@@ -5,6 +5,7 @@
 # %% ../nbs/11_run.ipynb #a11c0003
 from __future__ import annotations
 import sys, time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,13 +22,14 @@ from .core import (RunDirInUse, apply_preset, check_config, check_resume_config,
                          lock_run_dir, prepare_run_dir, read_json, record_failure, release_run_dir, save_torch,
                          seed_everything, write_csv, write_failure, write_json)
 from .data import check_groups, composition_rows, drop_bad_images, get_attribute
+from .distributed import barrier, is_main, local_device, rank_batch_size, rank_sampler, setup_distributed
 from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexpert_frames, find_chexpert_dir
 from .faces import (FACE_PRESETS, backbone_run, face_datasets, face_splits, find_celeba_dir, read_celeba,
                           synthetic_celeba)
 from .losses import MarginLoss, pos_weights, weighted_bce
 from .models import SIRN, CosFace, check_model_name, create_model, load_weights
 from .schemes import SCHEMES, Scheme, get_scheme
-from .train import fit
+from .train import PRECISIONS, fit, speed_up
 from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
                              face_outcomes, face_rows, predict, split_rows,
                              evaluate_split, face_evaluator, probe_sensitive, split_evaluator)
@@ -106,7 +108,8 @@ PARAM_TYPES = {'seed': int, 'num_workers': int, 'overwrite': bool, 'resume': boo
                'milestones': list, 'data_dir': (str, None), 'weights_path': (str, None),
                'backbone_checkpoint': (str, None), 'out_dir': str, 'device': str, 'sensitive': str, 'scheme': str,
                'preset': str, 'views': str, 'model': str, 'backbone': str, 'on_bad_image': str, 'bootstrap': int,
-               'bupt_dir': (str, None)}
+               'bupt_dir': (str, None),
+               'precision': str, 'channels_last': bool, 'compile_model': bool}
 
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
@@ -121,7 +124,8 @@ def resolve_config(spec:Problem, params:dict):
                          f"choose one of its: {list(spec.audit)}.")
     scheme = get_scheme(config['scheme'], a, spec.name, config['seed'], **own)
     check_model_name(config[spec.model_key])
-    check_config(config, spec.positive_ints, spec.positive, {'on_bad_image': ('stop', 'skip')})
+    check_config(config, spec.positive_ints, spec.positive,
+                 {'on_bad_image': ('stop', 'skip'), 'precision': PRECISIONS})
     if spec.check: spec.check(config)
     at = list(config).index('scheme') + 1
     return dict([('problem', spec.name)] + list(config.items())[:at] + list(scheme.config().items())
@@ -142,10 +146,14 @@ class Run:
     @property
     def attributes(self): # the sensitive attribute, then the audited ones
         return [get_attribute(a) for a in dict.fromkeys((self.attribute.name, *self.problem.audit))]
-    def loader(self, dataset, shuffle:bool=False, workers:int|None=None): # workers None: the configuration's
+    def loader(self, dataset, shuffle:bool=False, workers:int|None=None, # workers None: the configuration's
+               per_rank:bool=False): # torchrun: this process's share of each global batch (training loaders)
         "A `DataLoader` over `dataset` with the run's batch size, workers and seeded shuffling."
-        return DataLoader(dataset, batch_size=self.config['batch_size'], shuffle=shuffle,
-                          num_workers=self.config['num_workers'] if workers is None else workers,
+        sampler = rank_sampler(dataset, shuffle, self.config['seed']) if per_rank else None
+        bs = rank_batch_size(self.config['batch_size']) if per_rank else self.config['batch_size']
+        n = self.config['num_workers'] if workers is None else workers
+        return DataLoader(dataset, batch_size=bs, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=n,
+                          pin_memory=self.device.type == 'cuda', persistent_workers=n > 0,
                           generator=torch.Generator().manual_seed(self.config['seed']))
     def table(self): return pd.Series(self.config, name='value').to_frame()   # the configuration, for display
     def __enter__(self): return self
@@ -176,18 +184,21 @@ def unwatch_failures():
 def start_run(problem:str, # a key of `PROBLEM_SPECS`
               params:dict): # the notebook's parameters
     "Set a run up: preset, checks, scheme, run folder, resume check, seed, device and config.json."
-    spec = PROBLEM_SPECS[problem]
+    setup_distributed()   # under torchrun: join the process group; nothing otherwise
+    spec, main = PROBLEM_SPECS[problem], is_main()   # under torchrun only rank 0 writes
     params = ({'scheme': spec.scheme} if spec.scheme else {}) | params
     out_dir = params.get('out_dir') or spec.out_dir.format(**params)
-    lock_run_dir(out_dir)     # before anything is written there: the folder may be another live run's
+    if main: lock_run_dir(out_dir)     # before anything is written there: the folder may be another live run's
     try:
-        with record_failure(out_dir):
+        with record_failure(out_dir) if main else nullcontext():
             config, scheme = resolve_config(spec, params | {'out_dir': out_dir})
-            out = prepare_run_dir(out_dir, config['overwrite'], config['resume'])
-            if config['resume']: check_resume_config(out, config)
+            rank_batch_size(config['batch_size'])   # torchrun: the batch divides among the processes
+            out = prepare_run_dir(out_dir, config['overwrite'], config['resume']) if main else Path(out_dir)
+            if config['resume'] and main: check_resume_config(out, config)
             seed_everything(config['seed'])
-            device = get_device(config['device'])
-            write_json(out/'config.json', config)
+            device = local_device(get_device(config['device']))   # torchrun on CUDA: this process's GPU
+            if main: write_json(out/'config.json', config)
+        barrier()   # torchrun: the others go on once rank 0 has set the folder up
     except BaseException:
         release_run_dir(out_dir); raise
     watch_failures(out)
@@ -213,12 +224,14 @@ def train(self:Run, model:Model, train, # the training dataset
            workers:int|None=None): # loader workers; None: the configuration's
     "Train `model` with checkpoints and resume; writes and returns the history."
     scheme = scheme or self.scheme
-    hold = self.loader(holdout, shuffle=True, workers=workers) if scheme.needs_holdout else None
-    history = fit(model.net, self.loader(train, shuffle=True, workers=workers), model.criterion, scheme,
-                  model.optimizer, epochs or self.config['epochs'], self.device, evaluate=evaluate,
-                  scheduler=model.scheduler, holdout=hold, checkpoint=self.out/f'{name}checkpoint.pt',
-                  resume=self.config['resume'])
-    write_csv(self.out/f'{name}history.csv', history)
+    share = partial(self.loader, shuffle=True, workers=workers, per_rank=True)
+    hold = share(holdout) if scheme.needs_holdout else None
+    c = self.config
+    speed_up(model.net, c['channels_last'], c['compile_model'])
+    history = fit(model.net, share(train), model.criterion, scheme, model.optimizer, epochs or c['epochs'],
+                  self.device, evaluate=evaluate, scheduler=model.scheduler, holdout=hold,
+                  checkpoint=self.out/f'{name}checkpoint.pt', resume=c['resume'], precision=c['precision'])
+    if is_main(): write_csv(self.out/f'{name}history.csv', history)
     return history
 
 @patch
@@ -226,6 +239,7 @@ def finish(self:Run, model_state, # what model.pt holds: a state dict, or a dict
             rows:pd.DataFrame, # the results rows
             data:dict|None=None): # facts about the data
     "Save model.pt, then results.json, atomically; stop recording failures; release the folder."
+    if not is_main(): return None   # torchrun: rank 0 writes the run's files
     with self:
         save_torch(self.out/'model.pt', model_state)
         path = write_results(self.out, self.config, rows, time.time() - self.t0, data=data)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .data import Attribute, get_attribute, relabel_within_group
+from .distributed import global_mean
 from .losses import fixed_class_regularizer, get_penalty, minmax_loss
 from .models import SensitiveHead
 
@@ -57,7 +58,7 @@ class Scheme:
     def state_dict(self): return {}   # state a checkpoint must keep (label flipping's random generator)
     def load_state_dict(self, state): pass
     def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
-    def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return out.losses.mean()
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return global_mean(out.losses)   # torchrun: global
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
 
 # %% ../nbs/06_schemes.ipynb #cad9fcc1
@@ -140,7 +141,7 @@ class PenaltyScheme(Scheme):
         b = holdout if self.needs_holdout else out
         pen = get_penalty(self.penalty)(b.losses, torch.sigmoid(b.logits), b.targets, b.groups, self.n_groups)
         self.logs = {'penalty': pen.item()}
-        return out.losses.mean() + self.alpha * pen
+        return global_mean(out.losses) + self.alpha * pen
 
 # %% ../nbs/06_schemes.ipynb #f2f34c8e
 @register_scheme

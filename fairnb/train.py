@@ -14,12 +14,14 @@ import torch
 
 from .core import progress, save_torch
 from .data import get_attribute
+from .distributed import (all_reduce_sums, barrier, is_distributed, is_main, local_statistics, set_sampler_epoch,
+                                wrap_ddp)
 from .losses import group_losses
 from .schemes import BatchOut, Scheme
 
 # %% auto #0
-__all__ = ['to_device', 'batch_out', 'cycle', 'train_epoch', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'restore_checkpoint', 'fit']
+__all__ = ['PRECISIONS', 'to_device', 'autocast', 'batch_out', 'cycle', 'speed_up', 'train_epoch', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'fit']
 
 # %% ../nbs/07_train.ipynb #927aa41f
 def to_device(x, device):
@@ -30,38 +32,57 @@ def to_device(x, device):
     return x
 
 # %% ../nbs/07_train.ipynb #46c550a4
+PRECISIONS = ('fp32', 'bf16')
+
+def autocast(device, precision:str='fp32'): # one of `PRECISIONS`
+    "The forward pass's autocast context: bf16 mixed precision, or none for fp32."
+    if precision not in PRECISIONS: raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}.')
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == 'bf16')
+
 def batch_out(model, criterion:Callable, batch, attribute, # the sensitive attribute (or its name)
-              device, scheme:Scheme|None=None): # transforms the labels when given
-    "`BatchOut` of `model` on `batch`, labels transformed by `scheme` when given."
+              device, scheme:Scheme|None=None, # transforms the labels when given
+              precision:str='fp32'): # 'bf16': the forward pass and the loss in bf16 autocast
+    "`BatchOut` of `model` on `batch`, labels transformed by `scheme` when given; losses and logits in fp32."
     x, y, attrs = batch
     x, y, g = to_device((x, y, attrs[get_attribute(attribute).name]), device)
     if scheme is not None: y = scheme.targets(y, g)
-    logits = model(x)
-    return BatchOut(criterion(logits, y, g), logits, y, g)
+    with autocast(device, precision): logits = model(x); losses = criterion(logits, y, g)
+    return BatchOut(losses.float(), logits.float(), y, g)
 
 def cycle(loader):
     "Batches of `loader` without end, a fresh (reshuffled) pass each time it runs out."
     while True: yield from loader
 
+def speed_up(model:torch.nn.Module, channels_last:bool=False, # convolutions in NHWC memory (tensor cores like it)
+             compile_model:bool=False, # `torch.compile` in place: the state dict keeps its keys
+             **compile_kw): # e.g. backend='eager' to check the tracing without a compiler
+    "`model` with its 4-D weights in channels-last memory and compiled, as asked; the same object."
+    if channels_last: model.to(memory_format=torch.channels_last)
+    if compile_model: model.compile(**compile_kw)
+    return model
+
 # %% ../nbs/07_train.ipynb #7844fcbf
 def train_epoch(model, loader, criterion:Callable, # (outputs, targets, groups) -> (B,) losses
                 scheme:Scheme, # the objective; `scheme.attribute` is the sensitive attribute
                 optimizer, device, epoch:int=1,
-                holdout=None): # iterator of holdout batches, for schemes that need one
+                holdout=None, # iterator of holdout batches, for schemes that need one
+                precision:str='fp32'): # 'bf16': forward passes in bf16 autocast
     "Train one epoch; returns mean loss, objective, per-group losses and the scheme's logs."
     model.train(); attr = scheme.attribute; G = attr.n_groups
     sums, counts, obj, logs, n = torch.zeros(G), torch.zeros(G), 0.0, {}, 0
     for b, batch in enumerate(progress(loader, f'epoch {epoch}', leave=False)):
-        out = batch_out(model, criterion, batch, attr, device, scheme)
-        hold = batch_out(model, criterion, next(holdout), attr, device) if scheme.needs_holdout else None
+        out = batch_out(model, criterion, batch, attr, device, scheme, precision)
+        hold = batch_out(model, criterion, next(holdout), attr, device, precision=precision) \
+            if scheme.needs_holdout else None
         loss = scheme(out, hold)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'Loss is {loss.item()} at epoch {epoch}, batch {b}; lower lr or alpha. '
                                      'A checkpoint, if any, holds the last good epoch.')
         optimizer.zero_grad(set_to_none=True); loss.backward(); optimizer.step()
-        m, c = group_losses(out.losses.detach().cpu(), out.groups.cpu(), G)
+        m, c = group_losses(out.losses.detach().cpu(), out.groups.cpu(), G, sync=False)
         sums += m * c; counts += c; obj += loss.item(); n += 1
         for k, v in scheme.logs.items(): logs[k] = logs.get(k, 0.0) + v
+    sums, counts = all_reduce_sums(sums, counts)   # torchrun: every process's images
     row = {'train_loss': (sums.sum() / counts.sum()).item(), 'train_objective': obj / max(n, 1)}
     row |= {f'train_loss_{g}': (sums[i] / counts[i]).item() if counts[i] else float('nan')
             for i, g in enumerate(attr.groups)}
@@ -120,28 +141,36 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         scheduler=None, # stepped once per epoch
         holdout=None, # loader of the holdout split, for schemes with penalty_on='holdout'
         checkpoint=None, # file written after every epoch
-        resume:bool=False): # continue from `checkpoint` if it exists
+        resume:bool=False, # continue from `checkpoint` if it exists
+        precision:str='fp32'): # 'bf16': forward passes in bf16 autocast (see `speed_up` for the rest)
     "Train `model` for `epochs` epochs; returns the per-epoch history."
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
     if scheme.needs_holdout and holdout is None:
         raise ValueError(f'scheme {scheme.name!r} needs a holdout loader: pass holdout=.')
     scheme.setup(criterion)
+    if is_distributed() and getattr(scheme, 'discriminator', None) is not None:
+        raise ValueError(f'scheme {scheme.name!r} trains its own discriminator and does not run under torchrun; '
+                         'run it in one process.')
     parts = dict(model=model, optimizer=optimizer, scheduler=scheduler, criterion=criterion, scheme=scheme,
                  generators=_generators(loader, holdout))
     start, history = (1, [])
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        start, history = restore_checkpoint(load_checkpoint(checkpoint), **parts)
+        start, history = restore_checkpoint(load_checkpoint(checkpoint), **parts)   # on every process
+    net, crit = wrap_ddp(model, device), wrap_ddp(criterion, device)   # torchrun: DistributedDataParallel
     bar = progress(range(start, epochs + 1), f'training ({scheme.name}), epoch', total=epochs, per_step_line=True,
                    initial=start - 1)
     for epoch in bar:
         t0 = time.time(); row = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}
+        for l in (loader, holdout): set_sampler_epoch(l, epoch)
         hold = cycle(holdout) if holdout is not None else None
-        row |= train_epoch(model, loader, criterion, scheme, optimizer, device, epoch, hold)
-        if evaluate is not None: row |= evaluate(model)
+        row |= train_epoch(net, loader, crit, scheme, optimizer, device, epoch, hold, precision)
+        if evaluate is not None:
+            with local_statistics(): row |= evaluate(model)   # torchrun: each process evaluates whole splits
         if scheduler is not None: scheduler.step()
         history.append(row | {'seconds': time.time() - t0})
-        if checkpoint is not None: save_checkpoint(checkpoint, epoch, history, **parts)
+        if checkpoint is not None and is_main(): save_checkpoint(checkpoint, epoch, history, **parts)
+        barrier()   # torchrun: the others wait for rank 0's checkpoint
         bar.set_postfix({k: round(v, 3) for k, v in row.items()
                          if k.startswith(('val_auc', 'val_acc')) or k == 'train_loss'})
     return pd.DataFrame(history)
