@@ -3,7 +3,8 @@ plus noise, float32, seeded): `fairnb.metrics.rank1_search` against scikit-learn
 `NearestNeighbors` (n_neighbors=2, the probe's own match dropped), the identity found for every probe checked equal.
 
 The floor: the half-size similarity product the search cannot avoid (the matrix is symmetric), i.e. the sum over
-tiles j >= i of `a_i @ a_j.T` on the normalised float32 embeddings, in tiles of fairnb's chunk size. All three are
+tiles j >= i of `a_i @ a_j.T` on the normalised float32 embeddings, in tiles of fairnb's chunk size, written into
+one reused buffer (a fresh 64 MiB tile per product costs its page faults). All three are
 timed in this run, interleaved in rounds, median of `--repeats`. Targets: fairnb at least 5x faster than
 scikit-learn, and at most 1.3x the floor. The peak extra resident memory of one fairnb search (psutil RSS, sampled)
 is printed beside the size of one tile and of one chunk-wide block of rows, the bounds it should stay near."""
@@ -34,10 +35,13 @@ def sklearn_found(emb, ids):
 
 
 def floor_product(a:torch.Tensor, chunk:int):
-    "The half-size similarity product: every tile a_i @ a_j.T with j >= i."
+    "The half-size similarity product: every tile a_i @ a_j.T with j >= i, into one reused buffer (no page faults)."
+    tile = torch.empty(min(chunk, len(a)) ** 2)
     for i in range(0, len(a), chunk):
         ai = a[i:i + chunk]
-        for j in range(i, len(a), chunk): ai @ a[j:j + chunk].T
+        for j in range(i, len(a), chunk):
+            aj = a[j:j + chunk]
+            torch.mm(ai, aj.T, out=tile[:len(ai) * len(aj)].view(len(ai), len(aj)))
 
 
 def check_same(found, sk_found, sk_index, emb, ids, tol:float=1e-6):

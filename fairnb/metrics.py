@@ -230,18 +230,25 @@ def penalty_rows(losses, probs, targets, groups, # arrays: (N,), (N, T), (N, T),
 # %% ../nbs/08_metrics.ipynb #69b886ee
 def _float_tensor(x): return x.float() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x, np.float32))
 
-def _keep_best(best, arg, start:int, values, index):
-    "Where `values` beat `best[start:...]`, take them and their `index`."
+def _keep_best(best, arg, start:int, values, index_of): # index_of(mask): the indices of the masked values
+    "Where `values` beat `best[start:...]`, take them, and their indices (found only for those)."
     b, a = best[start:start + len(values)], arg[start:start + len(values)]
     better = values > b
-    b[better], a[better] = values[better], index[better]
+    if better.any(): b[better], a[better] = values[better], index_of(better)
+
+def _strip_max(sim:torch.Tensor, rows:int=64):
+    "(values, strip): each column's maximum, and the first strip of `rows` rows that holds it."
+    return torch.stack([s.amax(0) for s in sim.split(rows)]).max(0)
+
+def _strip_argmax(sim:torch.Tensor, strip, cols, rows:int=64):
+    "The row of each column's maximum (columns `cols`), searched in its `strip` only."
+    r = (strip[:, None] * rows + torch.arange(rows)).clamp(max=len(sim) - 1)    # (len(cols), rows)
+    return r.gather(1, sim[r, cols[:, None]].argmax(1, keepdim=True))[:, 0]
 
 def column_max(sim:torch.Tensor, rows:int=64):
     "`sim.max(0)`, faster: the maxima of strips of `rows` rows, then the winning strip searched per column."
-    n, w = sim.shape
-    v, strip = torch.stack([s.amax(0) for s in sim.split(rows)]).max(0)        # first strip holding the max
-    r = (strip[:, None] * rows + torch.arange(rows)).clamp(max=n - 1)           # (w, rows): that strip's rows
-    return v, r.gather(1, sim[r, torch.arange(w)[:, None]].argmax(1, keepdim=True))[:, 0]
+    v, strip = _strip_max(sim, rows)
+    return v, _strip_argmax(sim, strip, torch.arange(sim.shape[1]), rows)
 
 @torch.no_grad()
 def loo_nearest(emb, # (N, D) embeddings, array or tensor
@@ -249,12 +256,17 @@ def loo_nearest(emb, # (N, D) embeddings, array or tensor
     "(similarity, index): each row's nearest other row by cosine similarity, from the upper triangle only."
     e = torch.nn.functional.normalize(_float_tensor(emb), dim=1); n = len(e)
     best, arg = torch.full((n,), -float('inf')), torch.zeros(n, dtype=torch.long)
+    tile = torch.empty(min(chunk, n) ** 2)      # one buffer for every tile: no fresh pages to fault in
     for i in range(0, n, chunk):
         for j in range(i, n, chunk):
-            sim = e[i:i + chunk] @ e[j:j + chunk].T
+            a, b = e[i:i + chunk], e[j:j + chunk]
+            sim = torch.mm(a, b.T, out=tile[:len(a) * len(b)].view(len(a), len(b)))
             if i == j: sim.fill_diagonal_(-float('inf'))
-            v, k = sim.max(1); _keep_best(best, arg, i, v, k + j)
-            if j > i: v, k = column_max(sim); _keep_best(best, arg, j, v, k + i)
+            _keep_best(best, arg, i, sim.amax(1), lambda m: (sim.argmax(1)[m] if m.sum() > len(m) // 4
+                                                               else sim[m].argmax(1)) + j)
+            if j > i:
+                v, strip = _strip_max(sim)
+                _keep_best(best, arg, j, v, lambda m: _strip_argmax(sim, strip[m], m.nonzero()[:, 0]) + i)
     return best, arg
 
 @torch.no_grad()
