@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from .core import (RunDirInUse, apply_preset, check_config, check_resume_config, check_types, get_device,
                          lock_run_dir, prepare_run_dir, read_json, record_failure, release_run_dir, save_torch,
                          seed_everything, write_csv, write_failure, write_json)
-from .data import check_groups, composition_rows, drop_bad_images, get_attribute
+from .data import check_groups, composition_rows, drop_bad_images, get_attribute, split_by_patient
 from .distributed import barrier, is_main, local_device, rank_batch_size, rank_sampler, setup_distributed
 from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexpert_frames, find_chexpert_dir
 from .faces import (FACE_PRESETS, backbone_run, face_datasets, face_splits, find_celeba_dir, read_celeba,
@@ -40,10 +40,10 @@ from .bupt import bupt_dataset, read_bupt, synthetic_bupt
 # %% auto #0
 __all__ = ['FACE_INTS', 'FACE_POSITIVE', 'PROBLEM_SPECS', 'PARAM_TYPES', 'BUPT_IDS_PER_RACE', 'Problem', 'check_female_share',
            'check_bootstrap', 'check_chexpert', 'check_faces', 'check_fair_features', 'resolve_config', 'Run',
-           'watch_failures', 'unwatch_failures', 'start_run', 'Model', 'Data', 'split_shares', 'chexpert_data',
-           'chexpert_model', 'train_chexpert', 'chexpert_predictions', 'evaluate_chexpert', 'face_data', 'face_model',
-           'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows', 'face_backbone', 'Game',
-           'sirn_game', 'evaluate_fair_features', 'fair_features_state']
+           'watch_failures', 'unwatch_failures', 'start_run', 'Model', 'Data', 'split_shares', 'patient_share',
+           'chexpert_data', 'chexpert_model', 'train_chexpert', 'chexpert_predictions', 'evaluate_chexpert',
+           'face_data', 'face_model', 'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows',
+           'face_backbone', 'Game', 'sirn_game', 'evaluate_fair_features', 'fair_features_state']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ def check_bootstrap(config:dict):
 def check_chexpert(config:dict):
     "`views` is one CheXpert has; a `data_dir`, when given, is a CheXpert folder."
     check_config(config, choices={'views': VIEWS}); check_bootstrap(config)
+    if not 0 < config.get('train_share', 1.0) <= 1:
+        raise ValueError(f"train_share must lie in (0, 1] (the share of training patients kept), "
+                         f"got {config['train_share']!r}.")
     if config.get('data_dir'): find_chexpert_dir(config['data_dir'])
 
 def check_faces(config:dict):
@@ -109,7 +112,7 @@ PARAM_TYPES = {'seed': int, 'num_workers': int, 'overwrite': bool, 'resume': boo
                'backbone_checkpoint': (str, None), 'out_dir': str, 'device': str, 'sensitive': str, 'scheme': str,
                'preset': str, 'views': str, 'model': str, 'backbone': str, 'on_bad_image': str, 'bootstrap': int,
                'bupt_dir': (str, None),
-               'precision': str, 'channels_last': bool, 'compile_model': bool}
+               'precision': str, 'channels_last': bool, 'compile_model': bool, 'train_share': float, 'augment': bool}
 
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
@@ -258,17 +261,22 @@ def split_shares(run:Run, data:Data):
     "Results rows: each group's share of the train, validation and test images (the paper's Table 5)."
     return pd.DataFrame(composition_rows({s: data.frames[s] for s in ('train', 'validation', 'test')}, run.attribute))
 
+def patient_share(df:pd.DataFrame, share:float, seed:int): # one row per image, with a patient column
+    "The images of a `share` of `df`'s patients, drawn with `seed` (all of them when `share` is 1)."
+    return df if share >= 1 else split_by_patient(df, 1 - share, seed)[0]
+
 def chexpert_data(run:Run):
     "The run's CheXpert splits, checked, as `Data`."
     c = run.config
     frames = chexpert_frames(c['data_dir'], seed=c['seed'], views=c['views'])
+    frames['train'] = patient_share(frames['train'], c.get('train_share', 1.0), c['seed'])
     frames = drop_bad_images(frames, c['on_bad_image'], c['num_workers'] or None)
     check_groups(frames, run.attribute)
     dropped = frames['train'].attrs['dropped']
     facts = {'rows_dropped': {r: len(v) for r, v in dropped.items()},
              'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
              'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()}}
-    datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'])
+    datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c.get('augment', True))
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 

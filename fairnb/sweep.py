@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import fairnb
 from .core import read_json
 from .tables import NOTEBOOKS, TABLES, Job, _same, get_table, table_jobs
+import fairnb.findings   # registers the findings' tables (findings_chexpert, findings_faces)
 
 # %% auto #0
 __all__ = ['GPU_PRESETS', 'RUN_MINUTES', 'notebooks_dir', 'notebook_params', 'check_job_params', 'papermill_command', 'job_state',
@@ -285,6 +286,9 @@ def summarize(outcomes:list):
 # %% ../nbs/13_sweep.ipynb #5ee90037
 def report(table:str, out, preset:str|None=None, nbs=None):
     "Execute tables.ipynb for `table` on the runs under `out`; returns the paths of the notebook, CSV and HTML."
+    if get_table(table).layout == 'findings':
+        raise ValueError(f'{table} is reported by nbs/findings.ipynb, not tables.ipynb: papermill nbs/findings.ipynb '
+                         f'{Path(out)}/findings.ipynb -p runs_dir {out} -p preset {preset or "fit"}')
     out, nbs = Path(out), notebooks_dir(nbs)
     nb, html = out/f'{table}.ipynb', out/f'{table}.html'
     args = ['-m', 'papermill', str(nbs/'tables.ipynb'), str(nb), '--log-level', 'WARNING', '-r', 'runs_dir', str(out),
@@ -298,9 +302,9 @@ def report(table:str, out, preset:str|None=None, nbs=None):
 
 # %% ../nbs/13_sweep.ipynb #5ee90039
 RUN_MINUTES = {   # rough minutes per run: smoke and cpu on 2 cores (one run at a time), paper per GPU
-    'chexpert': {'smoke': 0.4, 'cpu': 2.0, 'paper': 26 * 60},
-    'faces': {'smoke': 0.3, 'cpu': 1.0, 'paper': 3 * 60},
-    'fair_features': {'smoke': 0.4, 'cpu': 2.0, 'paper': 4 * 60},
+    'chexpert': {'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 26 * 60},
+    'faces': {'smoke': 0.3, 'cpu': 1.0, 'fit': 2.0, 'paper': 3 * 60},
+    'fair_features': {'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 4 * 60},
 }
 
 def _duration(minutes:float): return f'{minutes:.0f} min' if minutes < 90 else f'{minutes / 60:.0f} h'

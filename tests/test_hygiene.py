@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
-RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name.startswith('run_') or p.name in ('tables.ipynb', 'audit.ipynb')]   # papermill reports
+REPORTS = ('tables.ipynb', 'audit.ipynb', 'findings.ipynb')
+RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name.startswith('run_') or p.name in REPORTS]   # papermill reports
 LIBRARY = [p for p in NOTEBOOKS if p not in RUN_NOTEBOOKS]
 
 

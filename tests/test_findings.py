@@ -1,0 +1,91 @@
+"""The findings report end to end (papermill on a smoke sweep, reused on a second execution, exported to HTML and read
+back in headless Chromium) and each finding's verdict rule on constructed numbers."""
+import functools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from fairnb.findings import FINDINGS, VERDICTS, assess, finding_verdicts, planted_runs
+
+NBS = Path(__file__).resolve().parent.parent / 'nbs'
+
+
+@functools.lru_cache(maxsize=None)
+def _verdicts(effect, seed=0):
+    return finding_verdicts(assess(planted_runs(effect, seeds=4, seed=seed), 'toy')).set_index('finding').verdict
+
+
+@pytest.mark.parametrize('key', list(FINDINGS))
+def test_planted_effect_is_reproduced_and_its_opposite_contradicted(key):
+    for seed in range(3):
+        assert _verdicts(0.1, seed)[key] == 'reproduced'
+        assert _verdicts(-0.1, seed)[key] == 'contradicted'
+
+
+@pytest.mark.parametrize('key', list(FINDINGS))
+def test_null_effect_is_mostly_inconclusive(key):
+    calls = pd.Series([_verdicts(0.0, seed)[key] for seed in range(20)])
+    assert (calls == 'inconclusive').mean() >= 0.8, calls.value_counts()   # a 95% interval misses 0 by chance
+
+
+def test_one_seed_gives_no_verdict():
+    v = finding_verdicts(assess(planted_runs(0.1, seeds=1), 'toy'))
+    assert v.verdict.tolist() == ['inconclusive'] * 8 and (v.seeds == 1).all()
+
+
+def _papermill(out, runs):
+    cmd = [sys.executable, '-m', 'papermill', str(NBS / 'findings.ipynb'), str(out), '--log-level', 'WARNING',
+           '-r', 'runs_dir', str(runs), '-r', 'preset', 'smoke', '-p', 'seeds', '2', '-p', 'jobs', '2']
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.fixture(scope='module')
+def reported(tmp_path_factory):
+    d = tmp_path_factory.mktemp('findings')
+    first = _papermill(d / 'findings.ipynb', d / 'runs')
+    parts = pd.read_csv(d / 'runs' / 'findings.csv')
+    second = _papermill(d / 'again.ipynb', d / 'runs')
+    return dict(dir=d, first=first, second=second, parts=parts)
+
+
+def _text(nb):
+    return '\n'.join(o.get('text', '') + str(o.get('data', {}).get('text/plain', '')) +
+                     str(o.get('data', {}).get('text/html', '')) for c in nb.cells for o in c.get('outputs', []))
+
+
+def test_report_has_a_verdict_per_finding(reported):
+    parts = reported['parts']
+    assert list(dict.fromkeys(parts.finding)) == list(FINDINGS)
+    assert set(parts.verdict) <= set(VERDICTS) and (parts.seeds == 2).all() and (parts.preset == 'smoke').all()
+    assert parts[['value', 'low', 'high']].notna().all().all(), parts   # two seeds: every part has an interval
+    text = _text(reported['first'])
+    for key in FINDINGS: assert f'{key}: ' in text
+    assert '22 run(s) finished' in text and 'The baselines' in text
+    figures = [o for c in reported['first'].cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+    assert len(figures) == len(FINDINGS)
+
+
+def test_second_execution_reuses_the_runs(reported):
+    text = _text(reported['second'])
+    assert '0 run(s) finished, 22 already finished (skipped)' in text
+    again = pd.read_csv(reported['dir'] / 'runs' / 'findings.csv')
+    pd.testing.assert_frame_equal(again, reported['parts'])
+
+
+def test_html_export_renders_in_chromium(reported):
+    nb = reported['dir'] / 'findings.ipynb'
+    done = subprocess.run([sys.executable, '-m', 'nbconvert', '--to', 'html', '--embed-images', str(nb)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chromium = shutil.which('chromium') or shutil.which('chromium-browser')
+    assert chromium, 'chromium is missing: `make system` installs it (Debian package chromium)'
+    dom = subprocess.run([chromium, '--headless', '--no-sandbox', '--disable-gpu', '--dump-dom',
+                          nb.with_suffix('.html').as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'The verdicts' in dom and 'F8' in dom and dom.count('<img') >= len(FINDINGS)
