@@ -42,7 +42,7 @@ FINDINGS_TABLES = {
     'chexpert': register_table(Table('findings_chexpert', "The CheXpert runs behind the paper's claims (F1-F3, F6-F8)",
                                      'findings', tuple(CX.values()))),
     'faces': register_table(Table('findings_faces', "The face runs behind the paper's claims (F4-F6)", 'findings',
-                                  tuple(FACES.values()), on_preset={'paper': {'backbone': 'resnet18'}}))}
+                                  tuple(FACES.values())))}   # paper: the preset's ResNet-18, as Table 6
 
 # %% ../nbs/17_findings.ipynb #f17e0010
 TASK = {'chexpert': 'mean', 'faces': 'identification', 'fair_features': 'identification'}

@@ -56,8 +56,9 @@ def reported(tmp_path_factory):
 
 
 def _text(nb):
-    return '\n'.join(o.get('text', '') + str(o.get('data', {}).get('text/plain', '')) +
-                     str(o.get('data', {}).get('text/html', '')) for c in nb.cells for o in c.get('outputs', []))
+    kinds = ('text/plain', 'text/markdown', 'text/html')
+    return '\n'.join(o.get('text', '') + ''.join(str(o.get('data', {}).get(k, '')) for k in kinds)
+                     for c in nb.cells for o in c.get('outputs', []))
 
 
 def test_report_has_a_verdict_per_finding(reported):
@@ -67,14 +68,15 @@ def test_report_has_a_verdict_per_finding(reported):
     assert parts[['value', 'low', 'high']].notna().all().all(), parts   # two seeds: every part has an interval
     text = _text(reported['first'])
     for key in FINDINGS: assert f'{key}: ' in text
-    assert '22 run(s) finished' in text and 'The baselines' in text
+    assert 'The baselines' in text and ' 0 failed' in text
+    assert len(list((reported['dir'] / 'runs' / 'smoke').glob('*/results.json'))) == 22
     figures = [o for c in reported['first'].cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
     assert len(figures) == len(FINDINGS)
 
 
 def test_second_execution_reuses_the_runs(reported):
     text = _text(reported['second'])
-    assert '0 run(s) finished, 22 already finished (skipped)' in text
+    assert 'pass 1: 0 run(s) finished, 22 already finished (skipped), 0 failed' in text and 'pass 2' not in text
     again = pd.read_csv(reported['dir'] / 'runs' / 'findings.csv')
     pd.testing.assert_frame_equal(again, reported['parts'])
 
