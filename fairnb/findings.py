@@ -20,7 +20,7 @@ from .tables import Cell, Table, cell, cell_runs, register_table
 __all__ = ['CX', 'FACES', 'FINDINGS_TABLES', 'TASK', 'METRIC', 'VERDICTS', 'FINDINGS', 'COLOURS', 'SPLIT_ORDER', 'FIT_BAR',
            'seed_values', 'toy_runs', 'verdict', 'combine', 'paired_interval', 'variance_ratio', 'figure', 'abs_gap',
            'minus', 'relative', 'Part', 'Finding', 'register_finding', 'assess', 'finding_verdicts', 'planted_runs',
-           'plot_parts', 'split_profile', 'plot_finding', 'regime', 'style_verdicts']
+           'plot_parts', 'split_profile', 'plot_finding', 'regime', 'regime_table', 'style_verdicts']
 
 # %% ../nbs/17_findings.ipynb #f17e0006
 CX = dict(base=cell('BASELINE', 'chexpert', scheme='baseline'),
@@ -314,6 +314,15 @@ def regime(runs:pd.DataFrame, preset:str, attribute:str='sex'):
 def _groups(runs, c, preset, attribute):
     r = cell_runs(runs, c, {'preset': preset})
     return [g for g in r[r.attribute == attribute].group.unique() if g not in ('gap', 'all')] if len(r) else []
+
+# %% ../nbs/17_findings.ipynb #f17e0051
+def regime_table(df:pd.DataFrame): # `regime` output
+    "`regime` laid out to read: a row per baseline and split, a column per group, and whether training fits."
+    cell = df.apply(lambda r: with_interval(r['mean'], r.low, r.high), axis=1)
+    wide = df.assign(cell=cell).pivot_table(index=['problem', 'split'], columns='group', values='cell', aggfunc='first',
+                                            sort=False)
+    fits = df[df.fits.notna()].groupby(['problem', 'split'], sort=False).fits.all().map({True: 'yes', False: 'NO'})
+    return wide.join(fits.rename('fits')).fillna('')
 
 # %% ../nbs/17_findings.ipynb #f17e0042
 def style_verdicts(table:pd.DataFrame, caption:str=''): # `finding_verdicts` output
