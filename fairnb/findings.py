@@ -20,7 +20,7 @@ from .tables import Cell, Table, cell, cell_runs, register_table
 __all__ = ['CX', 'FACES', 'FINDINGS_TABLES', 'TASK', 'METRIC', 'VERDICTS', 'FINDINGS', 'COLOURS', 'SPLIT_ORDER', 'FIT_BAR',
            'seed_values', 'toy_runs', 'verdict', 'combine', 'paired_interval', 'variance_ratio', 'figure', 'abs_gap',
            'minus', 'relative', 'Part', 'Finding', 'register_finding', 'assess', 'finding_verdicts', 'planted_runs',
-           'plot_parts', 'split_profile', 'plot_finding', 'regime', 'regime_table', 'style_verdicts']
+           'plot_parts', 'split_profile', 'plot_finding', 'scores', 'regime', 'regime_table', 'style_verdicts']
 
 # %% ../nbs/17_findings.ipynb #f17e0006
 CX = dict(base=cell('BASELINE', 'chexpert', scheme='baseline'),
@@ -296,32 +296,37 @@ def plot_finding(f:Finding, parts:pd.DataFrame, runs:pd.DataFrame, preset:str):
     return fig
 
 # %% ../nbs/17_findings.ipynb #f17e0047
-FIT_BAR = {'chexpert': 0.98, 'faces': 0.95}
+FIT_BAR = {'chexpert': 0.98, 'faces': 0.95, 'fair_features': 0.95}
 
-def regime(runs:pd.DataFrame, preset:str, attribute:str='sex'):
-    "Per baseline (CheXpert, faces), split and group: the mean over seeds, its interval, and whether training fits."
+def scores(runs:pd.DataFrame, preset:str, cells:dict, # label -> `Cell`
+           attribute:str='sex'):
+    "Per run (label), split and group: the mean score over seeds, its interval and the seeds."
     out = []
-    for problem, c in (('chexpert', CX['base']), ('faces', FACES['base'])):
+    for label, c in cells.items():
         for split in SPLIT_ORDER:
             for g in (*_groups(runs, c, preset, attribute), 'gap'):
                 m, lo, hi, n = mean_interval(figure(c, split, g, attribute)(runs, preset).to_numpy())
-                out.append(dict(problem=problem, split=split, group=g, mean=m, low=lo, high=hi, seeds=n))
-    df = pd.DataFrame(out)
-    bar = df.problem.map(FIT_BAR)
-    df['fits'] = np.where((df.split == 'train') & (df.group != 'gap'), df['mean'] >= bar, np.nan)
-    return df
+                out.append(dict(run=label, problem=c.problem, split=split, group=g, mean=m, low=lo, high=hi, seeds=n))
+    return pd.DataFrame(out, columns=['run', 'problem', 'split', 'group', 'mean', 'low', 'high', 'seeds'])
+
+def regime(runs:pd.DataFrame, preset:str, attribute:str='sex'):
+    "`scores` of the two baselines, and whether each group's training score reaches `FIT_BAR`."
+    df = scores(runs, preset, {'CheXpert baseline': CX['base'], 'faces baseline': FACES['base']}, attribute)
+    train = (df.split == 'train') & (df.group != 'gap')
+    return df.assign(fits=np.where(train, df['mean'] >= df.problem.map(FIT_BAR), np.nan))
 
 def _groups(runs, c, preset, attribute):
     r = cell_runs(runs, c, {'preset': preset})
     return [g for g in r[r.attribute == attribute].group.unique() if g not in ('gap', 'all')] if len(r) else []
 
 # %% ../nbs/17_findings.ipynb #f17e0051
-def regime_table(df:pd.DataFrame): # `regime` output
-    "`regime` laid out to read: a row per baseline and split, a column per group, and whether training fits."
+def regime_table(df:pd.DataFrame): # `scores` or `regime` output
+    "Scores laid out to read: a row per run and split, a column per group (and whether training fits)."
     cell = df.apply(lambda r: with_interval(r['mean'], r.low, r.high), axis=1)
-    wide = df.assign(cell=cell).pivot_table(index=['problem', 'split'], columns='group', values='cell', aggfunc='first',
+    wide = df.assign(cell=cell).pivot_table(index=['run', 'split'], columns='group', values='cell', aggfunc='first',
                                             sort=False)
-    fits = df[df.fits.notna()].groupby(['problem', 'split'], sort=False).fits.all().map({True: 'yes', False: 'NO'})
+    if 'fits' not in df: return wide
+    fits = df[df.fits.notna()].groupby(['run', 'split'], sort=False).fits.all().map({True: 'yes', False: 'NO'})
     return wide.join(fits.rename('fits')).fillna('')
 
 # %% ../nbs/17_findings.ipynb #f17e0042
