@@ -277,12 +277,15 @@ def chexpert_datasets(frames:dict, # from `chexpert_frames`
 # %% ../nbs/02_chexpert.ipynb #9432f0a8
 CHEXPERT_PRESETS = {
     'smoke': dict(model='small_cnn', width=8, img_size=32, epochs=1, batch_size=128, lr=3e-3, lr_gamma=1.0,
-                  preload=True, num_workers=0, precision='fp32', channels_last=False, compile_model=False),
+                  train_share=1.0, augment=True, preload=True, num_workers=0, precision='fp32', channels_last=False,
+                  compile_model=False),
     'cpu': dict(model='small_cnn', width=16, img_size=64, epochs=8, batch_size=64, lr=2e-3, lr_gamma=0.8,
-                preload=True, num_workers=0, precision='fp32', channels_last=False, compile_model=False),
+                train_share=1.0, augment=True, preload=True, num_workers=0, precision='fp32', channels_last=False,
+                compile_model=False),
     'fit': dict(model='densenet121', width=None, img_size=32, epochs=12, batch_size=64, lr=1e-3, lr_gamma=0.95,
                 train_share=0.25, augment=False, preload=True, num_workers=0, precision='fp32', channels_last=False,
                 compile_model=False),
     'paper': dict(model='densenet121', width=None, img_size=256, epochs=20, batch_size=56, lr=1e-4, lr_gamma=0.1,
-                  preload=False, num_workers=8, precision='bf16', channels_last=True, compile_model=True),
+                  train_share=1.0, augment=True, preload=False, num_workers=8, precision='bf16', channels_last=True,
+                  compile_model=True),
 }

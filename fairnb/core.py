@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 
 # %% auto #0
-__all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'umask_mode', 'atomic_write_bytes',
-           'write_json', 'read_json', 'write_csv', 'save_torch', 'progress_mode', 'EpochLines', 'progress',
-           'RunDirInUse', 'lock_run_dir', 'release_run_dir', 'prepare_run_dir', 'config_differences',
-           'check_resume_config', 'write_failure', 'record_failure', 'apply_preset', 'check_config', 'check_types',
-           'cache_dir', 'build_once']
+__all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'to_device', 'umask_mode',
+           'atomic_write_bytes', 'write_json', 'read_json', 'write_csv', 'save_torch', 'ipython_shell', 'progress_mode',
+           'EpochLines', 'progress', 'RunDirInUse', 'lock_run_dir', 'release_run_dir', 'prepare_run_dir',
+           'config_differences', 'check_resume_config', 'write_failure', 'record_failure', 'apply_preset',
+           'check_config', 'check_types', 'parse_value', 'cache_dir', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -38,6 +38,14 @@ def get_device(device:str='auto'): # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU here; use device='auto' or 'cpu'.")
     return dev
+
+# %% ../nbs/00_core.ipynb #927aa41f
+def to_device(x, device):
+    "Move tensors, and dicts, lists and tuples of them, to `device`."
+    if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
+    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device) for v in x)
+    return x
 
 # %% ../nbs/00_core.ipynb #16553d7c
 def umask_mode(base:int=0o666): # 0o666 for files, 0o777 for folders
@@ -93,6 +101,11 @@ def _has_widgets():
     except ImportError: return False
     return True
 
+def ipython_shell():
+    "The running IPython shell (a notebook's kernel, or the IPython terminal), or None."
+    ipython = sys.modules.get('IPython')
+    return ipython.get_ipython() if ipython is not None else None
+
 def progress_mode():
     "'live' (widget bars), 'bars' (text bars) or 'lines' (one line per epoch): `FAIRNB_PROGRESS`, else a guess."
     mode = os.environ.get('FAIRNB_PROGRESS')
@@ -100,7 +113,7 @@ def progress_mode():
         if mode not in PROGRESS_MODES:
             raise ValueError(f'FAIRNB_PROGRESS must be one of {PROGRESS_MODES}, got {mode!r}.')
         return mode
-    ipython = sys.modules.get('IPython'); shell = ipython.get_ipython() if ipython is not None else None
+    shell = ipython_shell()
     kernel = getattr(shell, 'kernel', None)
     if kernel is not None:   # a Jupyter kernel: is someone at the front end?
         if not kernel.get_parent().get('content', {}).get('allow_stdin', False): return 'lines'
@@ -268,6 +281,17 @@ def check_types(config:dict, types:dict): # key -> a type (int, float, bool, str
             raise ValueError(f'{k} must be {need}, got {config[k]!r} ({type(config[k]).__name__}). '
                              f'(papermill reads -p values as YAML: -p {k} 3 is a number, -p {k} abc is text.)')
     return config
+
+# %% ../nbs/00_core.ipynb #c0de0103
+def parse_value(text:str):
+    "A command-line value as papermill reads it: an integer, a number, True/False/None, a list, else the text."
+    for kind in (int, float):
+        try: return kind(text)
+        except ValueError: pass
+    if text.startswith('['):
+        import yaml
+        return yaml.safe_load(text)
+    return {'True': True, 'False': False, 'None': None, '': None}.get(text, text)
 
 # %% ../nbs/00_core.ipynb #3be6b8e4
 def cache_dir():

@@ -10,12 +10,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from .core import progress
+from .core import progress, to_device
 
 from .data import ImageTable, get_attribute
 from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_search
 from .models import SensitiveHead
-from .train import to_device
 
 # %% auto #0
 __all__ = ['predict', 'split_rows', 'evaluate_split', 'split_evaluator', 'FaceOutcome', 'face_outcomes', 'face_rows',

@@ -14,46 +14,26 @@ import pandas as pd
 from scipy import stats
 
 from .report import mean_interval, with_interval
-from .tables import Cell, Table, cell, cell_runs, register_table
+from .tables import FINDINGS_CX, FINDINGS_FACES, TABLES, Cell, cell_runs
+from .experiments import PROBLEMS
 
 # %% auto #0
-__all__ = ['CX', 'FACES', 'FINDINGS_TABLES', 'TASK', 'METRIC', 'VERDICTS', 'FINDINGS', 'COLOURS', 'SPLIT_ORDER', 'FIT_BAR',
-           'seed_values', 'toy_runs', 'verdict', 'combine', 'paired_interval', 'variance_ratio', 'figure', 'abs_gap',
-           'minus', 'relative', 'Part', 'Finding', 'register_finding', 'assess', 'finding_verdicts', 'planted_runs',
-           'plot_parts', 'split_profile', 'plot_finding', 'scores', 'regime', 'regime_table', 'style_verdicts']
+__all__ = ['CX', 'FACES', 'FINDINGS_TABLES', 'VERDICTS', 'FINDINGS', 'COLOURS', 'SPLIT_ORDER', 'seed_values', 'toy_runs',
+           'verdict', 'combine', 'paired_interval', 'variance_ratio', 'figure', 'abs_gap', 'minus', 'relative', 'Part',
+           'Finding', 'register_finding', 'assess', 'finding_verdicts', 'planted_runs', 'plot_parts', 'split_profile',
+           'plot_finding', 'scores', 'regime', 'regime_table', 'style_verdicts']
 
 # %% ../nbs/17_findings.ipynb #f17e0006
-CX = dict(base=cell('BASELINE', 'chexpert', scheme='baseline'),
-          eq_train=cell('EQ. LOSS TRAIN', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='train'),
-          eq_holdout=cell('EQ. LOSS VAL', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='holdout'),
-          minmax=cell('MIN-MAX LOSS', 'chexpert', scheme='minmax'),
-          flip=cell('RANDOM FLIP beta = 0.1 MALE FLIPPED', 'chexpert', scheme='label_flip', flip_rate=0.1,
-                    flip_group='male'))
-FACES = dict(base=cell('BASELINE', 'faces', 'BASELINE', scheme='baseline'),
-             margins=cell('ADJUSTED ANGLE MARGINS', 'faces', 'FAIR', scheme='margins', margin=0.75,
-                          margin_group='female'),
-             flip=cell('RANDOM LABELS FLIPPING', 'faces', 'p = 0.3', scheme='label_flip', flip_rate=0.3,
-                       flip_group='male'),
-             ff_base=cell('FAIR FEATURES', 'fair_features', 'BASELINE', alpha=0.0),
-             ff_female=cell('FAIR FEATURES (FEMALES)', 'fair_features', 'alpha = 1', alpha=1.0,
-                            penalized_group='female'),
-             ff_male=cell('FAIR FEATURES (MALES)', 'fair_features', 'alpha = 1', alpha=1.0, penalized_group='male'))
-FINDINGS_TABLES = {
-    'chexpert': register_table(Table('findings_chexpert', "The CheXpert runs behind the paper's claims (F1-F3, F6-F8)",
-                                     'findings', tuple(CX.values()))),
-    'faces': register_table(Table('findings_faces', "The face runs behind the paper's claims (F4-F6)", 'findings',
-                                  tuple(FACES.values())))}   # paper: the preset's ResNet-18, as Table 6
+CX, FACES = FINDINGS_CX, FINDINGS_FACES   # the cells, declared with the tables (`fairnb.tables`)
+FINDINGS_TABLES = {'chexpert': TABLES['findings_chexpert'], 'faces': TABLES['findings_faces']}
 
 # %% ../nbs/17_findings.ipynb #f17e0010
-TASK = {'chexpert': 'mean', 'faces': 'identification', 'fair_features': 'identification'}
-METRIC = {'chexpert': 'auc', 'faces': 'accuracy', 'fair_features': 'accuracy'}
-
 def seed_values(runs:pd.DataFrame, c:Cell, preset:str, # `collect_runs` output; the cell; the preset
                 split:str, group:str='gap', attribute:str='sex', metric:str|None=None, task:str|None=None):
     "One figure of `c`'s runs under `preset`, as a Series indexed by seed (NaN where a run lacks it)."
     r = cell_runs(runs, c, {'preset': preset})
-    want = dict(split=split, group=group, attribute=attribute, metric=metric or METRIC[c.problem],
-                task=task or TASK[c.problem])
+    want = dict(split=split, group=group, attribute=attribute, metric=metric or PROBLEMS[c.problem].metric,
+                task=task or PROBLEMS[c.problem].task)
     m = r[np.logical_and.reduce([r[k] == v for k, v in want.items()])] if len(r) else r
     return m.groupby('seed').value.first().reindex(sorted(r.seed.unique()) if len(r) else [])
 
@@ -296,8 +276,6 @@ def plot_finding(f:Finding, parts:pd.DataFrame, runs:pd.DataFrame, preset:str):
     return fig
 
 # %% ../nbs/17_findings.ipynb #f17e0047
-FIT_BAR = {'chexpert': 0.98, 'faces': 0.95, 'fair_features': 0.95}
-
 def scores(runs:pd.DataFrame, preset:str, cells:dict, # label -> `Cell`
            attribute:str='sex'):
     "Per run (label), split and group: the mean score over seeds, its interval and the seeds."
@@ -310,10 +288,10 @@ def scores(runs:pd.DataFrame, preset:str, cells:dict, # label -> `Cell`
     return pd.DataFrame(out, columns=['run', 'problem', 'split', 'group', 'mean', 'low', 'high', 'seeds'])
 
 def regime(runs:pd.DataFrame, preset:str, attribute:str='sex'):
-    "`scores` of the two baselines, and whether each group's training score reaches `FIT_BAR`."
+    "`scores` of the two baselines, and whether each group's training score reaches its problem's `fit_bar`."
     df = scores(runs, preset, {'CheXpert baseline': CX['base'], 'faces baseline': FACES['base']}, attribute)
     train = (df.split == 'train') & (df.group != 'gap')
-    return df.assign(fits=np.where(train, df['mean'] >= df.problem.map(FIT_BAR), np.nan))
+    return df.assign(fits=np.where(train, df['mean'] >= df.problem.map(lambda p: PROBLEMS[p].fit_bar), np.nan))
 
 def _groups(runs, c, preset, attribute):
     r = cell_runs(runs, c, {'preset': preset})

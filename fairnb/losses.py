@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .distributed import all_reduce_sums, global_max
+from .ddp import all_reduce_sums, global_max
 
 # %% auto #0
 __all__ = ['PENALTIES', 'pos_weights', 'weighted_bce', 'group_losses', 'minmax_loss', 'group_means', 'group_pairs',

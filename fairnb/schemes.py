@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .data import Attribute, get_attribute, relabel_within_group
-from .distributed import global_mean
+from .ddp import global_mean
 from .losses import fixed_class_regularizer, get_penalty, minmax_loss
 from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['PROBLEMS', 'SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme',
-           'schemes_for', 'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
-           'DisparateImpact', 'LabelFlip', 'Margins', 'FairFeatures']
+__all__ = ['SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme', 'schemes_for',
+           'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact',
+           'LabelFlip', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -31,8 +31,6 @@ class BatchOut:
     groups: torch.Tensor   # (B,) codes of the sensitive attribute
 
 # %% ../nbs/06_schemes.ipynb #1c4a6fc3
-PROBLEMS = ('chexpert', 'faces', 'fair_features')
-
 def is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 class Scheme:
@@ -78,7 +76,7 @@ def register_scheme(cls):
     "Class decorator: make a scheme available by its `name`."
     SCHEMES[cls.name] = cls; return cls
 
-def schemes_for(problem:str): # one of `PROBLEMS`
+def schemes_for(problem:str): # a problem's name (`fairnb.experiments.PROBLEMS`)
     "Names of the schemes that serve `problem`."
     return sorted(n for n, c in SCHEMES.items() if problem in c.problems)
 
@@ -94,7 +92,7 @@ def _foreign(name:str, given:dict):
 
 def get_scheme(name:str, # a key of `SCHEMES`
                attribute, # the sensitive attribute: an `Attribute` or its name
-               problem:str|None=None, # one of `PROBLEMS`; None: the scheme's first
+               problem:str|None=None, # a problem's name; None: the scheme's first
                seed:int=0, # seed of the scheme's own randomness
                **params): # the scheme's own parameters; None: its default
     "The scheme called `name`, built with its own parameters."

@@ -14,34 +14,29 @@ import psutil
 from tqdm.auto import tqdm
 
 import fairnb
-from .core import read_json
-from .tables import NOTEBOOKS, TABLES, Job, _same, get_table, table_jobs
-import fairnb.findings   # registers the findings' tables (findings_chexpert, findings_faces)
+from .core import parse_value, read_json
+from .experiments import PROBLEMS
+from .tables import TABLES, Job, _same, get_table, table_jobs
 
 # %% auto #0
-__all__ = ['GPU_PRESETS', 'RUN_MINUTES', 'notebooks_dir', 'notebook_params', 'check_job_params', 'papermill_command', 'job_state',
-           'check_finished', 'slot_env', 'default_jobs', 'stop_tree', 'run_job', 'Outcome', 'job_error', 'LocalBackend',
-           'RayBackend', 'plan', 'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
+__all__ = ['GPU_PRESETS', 'notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'slot_env',
+           'default_jobs', 'stop_tree', 'run_job', 'Outcome', 'job_error', 'LocalBackend', 'RayBackend', 'plan',
+           'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
 
 # %% ../nbs/13_sweep.ipynb #5ee90006
 def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: the repository's nbs/
     "The folder of the experiment notebooks and tables.ipynb, checked."
     d = Path(nbs) if nbs else Path(fairnb.__file__).resolve().parent.parent/'nbs'
-    missing = [f'{n}.ipynb' for n in (*NOTEBOOKS.values(), 'tables') if not (d/f'{n}.ipynb').exists()]
+    names = (*(p.notebook for p in PROBLEMS.values()), 'tables', 'findings')
+    missing = [f'{n}.ipynb' for n in names if not (d/f'{n}.ipynb').exists()]
     if missing: raise FileNotFoundError(f'{d} lacks {missing}. fairnb-sweep runs the notebooks of the fairnb '
                                         'repository (pip install -e); pass --nbs with the folder that holds them.')
     return d
 
-def notebook_params(nbs:Path, notebook:str):
-    "The names of a notebook's papermill parameters."
-    from papermill import inspect_notebook
-    return list(inspect_notebook(str(Path(nbs)/f'{notebook}.ipynb')))
-
-def check_job_params(jobs:list, nbs:Path):
+def check_job_params(jobs:list):
     "Fail, naming the parameter and the notebook, when a job passes a parameter its notebook lacks."
-    known = {}
     for j in jobs:
-        names = known.setdefault(j.notebook, notebook_params(nbs, j.notebook))
+        names = list(PROBLEMS[j.problem].params)   # the notebook's parameters cell (a test keeps them equal)
         bad = [k for k in j.kw if k not in names]
         if bad: raise ValueError(f'{j.notebook} has no parameter(s) {bad}; its parameters are {names}.')
 
@@ -153,35 +148,32 @@ class LocalBackend:
         return f'{self.jobs} at a time on ' + (f'{self.gpus} GPU(s), one run per GPU' if self.gpus else
                                                f'the CPU ({os.cpu_count()} cores shared out)')
 
-# %% ../nbs/13_sweep.ipynb #5ee90025
-def _run_one(self:LocalBackend, args, log, job):
-    with self.lock:
-        if self.stopping: return None
-        slot = self.slots.pop()
-    def started(p):
-        with self.lock: self.procs[job] = p
-        if self.stopping: stop_tree(p.pid)
-    t0 = time.time()
-    env = slot_env(slot, self.jobs, self.gpus, threads=self.threads)
-    try: return run_job(args, log, env, on_start=started), time.time() - t0
-    finally:
-        with self.lock: self.procs.pop(job, None); self.slots.append(slot)
+    def _run_one(self, args, log, job):
+        with self.lock:
+            if self.stopping: return None
+            slot = self.slots.pop()
+        def started(p):
+            with self.lock: self.procs[job] = p
+            if self.stopping: stop_tree(p.pid)
+        t0 = time.time()
+        env = slot_env(slot, self.jobs, self.gpus, threads=self.threads)
+        try: return run_job(args, log, env, on_start=started), time.time() - t0
+        finally:
+            with self.lock: self.procs.pop(job, None); self.slots.append(slot)
 
-def _submit(self:LocalBackend, work:list): # [(job, args, log)]
-    "Start every job; yields (job, exit status or None when stopped before it began, seconds) as they end."
-    pool = ThreadPoolExecutor(self.jobs)
-    futures = {pool.submit(self._run_one, args, log, job): job for job, args, log in work}
-    try:
-        for f in as_completed(futures): yield futures[f], *(f.result() or (None, 0.0))
-    except BaseException: self.stop(); raise    # Ctrl-C in a notebook, or the caller gave up: end the runs
-    finally: pool.shutdown(wait=True, cancel_futures=True)
+    def submit(self, work:list): # [(job, args, log)]
+        "Start every job; yields (job, exit status or None when stopped before it began, seconds) as they end."
+        pool = ThreadPoolExecutor(self.jobs)
+        futures = {pool.submit(self._run_one, args, log, job): job for job, args, log in work}
+        try:
+            for f in as_completed(futures): yield futures[f], *(f.result() or (None, 0.0))
+        except BaseException: self.stop(); raise    # Ctrl-C in a notebook, or the caller gave up: end the runs
+        finally: pool.shutdown(wait=True, cancel_futures=True)
 
-def _stop(self:LocalBackend):
-    "End the running process trees; jobs not yet started will not start."
-    with self.lock: self.stopping = True; procs = list(self.procs.values())
-    for p in procs: stop_tree(p.pid)
-
-LocalBackend._run_one, LocalBackend.submit, LocalBackend.stop = _run_one, _submit, _stop
+    def stop(self):
+        "End the running process trees; jobs not yet started will not start."
+        with self.lock: self.stopping = True; procs = list(self.procs.values())
+        for p in procs: stop_tree(p.pid)
 
 # %% ../nbs/13_sweep.ipynb #5ee90028
 GPU_PRESETS = ('paper',)
@@ -207,36 +199,33 @@ class RayBackend:
 
     def describe(self): return f'Ray at {self.address}: {self.jobs} ' + ('GPU' if self.gpu else 'CPU') + ' slot(s)'
 
-# %% ../nbs/13_sweep.ipynb #5ee90029
-def _ray_submit(self:RayBackend, work:list):
-    "Submit every job; yields (job, exit status or None when cancelled, seconds) as they end."
-    res = dict(num_gpus=1, num_cpus=self.threads) if self.gpu else dict(num_cpus=self.threads)
-    env = {'OMP_NUM_THREADS': str(self.threads)} | ({} if self.gpu else {'CUDA_VISIBLE_DEVICES': ''})
-    task = self.ray.remote(**res)(_ray_task)
-    for job, args, log in work:       # refs are kept as they are made, so that a stop cancels all that began
-        if self.stopping: yield job, None, 0.0; continue
-        self.refs[task.remote(args, str(log), env)] = job
-    pending = list(self.refs)
-    try:
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            try: yield self.refs[done[0]], *self.ray.get(done[0])
-            except self.ray.exceptions.RayError:    # cancelled, or the worker or its node died: stopped or failed
-                yield self.refs[done[0]], None if self.stopping else -1, 0.0
-    finally: self.ray.shutdown()
+    def submit(self, work:list):
+        "Submit every job; yields (job, exit status or None when cancelled, seconds) as they end."
+        res = dict(num_gpus=1, num_cpus=self.threads) if self.gpu else dict(num_cpus=self.threads)
+        env = {'OMP_NUM_THREADS': str(self.threads)} | ({} if self.gpu else {'CUDA_VISIBLE_DEVICES': ''})
+        task = self.ray.remote(**res)(_ray_task)
+        for job, args, log in work:       # refs are kept as they are made, so that a stop cancels all that began
+            if self.stopping: yield job, None, 0.0; continue
+            self.refs[task.remote(args, str(log), env)] = job
+        pending = list(self.refs)
+        try:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1)
+                try: yield self.refs[done[0]], *self.ray.get(done[0])
+                except self.ray.exceptions.RayError:    # cancelled, or the worker or its node died: stopped or failed
+                    yield self.refs[done[0]], None if self.stopping else -1, 0.0
+        finally: self.ray.shutdown()
 
-def _ray_stop(self:RayBackend):
-    "Cancel every task: running ones are killed (their papermill dies with its worker)."
-    self.stopping = True
-    for ref in list(self.refs): self.ray.cancel(ref, force=True)
-
-RayBackend.submit, RayBackend.stop = _ray_submit, _ray_stop
+    def stop(self):
+        "Cancel every task: running ones are killed (their papermill dies with its worker)."
+        self.stopping = True
+        for ref in list(self.refs): self.ray.cancel(ref, force=True)
 
 # %% ../nbs/13_sweep.ipynb #5ee90031
 def plan(table:str, preset:str, seeds:int, out:Path, overrides:dict|None=None, nbs:Path|None=None):
     "(jobs, states): the table's jobs, checked against the notebooks, and the state of each folder."
     jobs = table_jobs(table, preset, seeds, overrides)
-    check_job_params(jobs, notebooks_dir(nbs))
+    notebooks_dir(nbs); check_job_params(jobs)
     return jobs, {j: job_state(out, j) for j in jobs}
 
 def _report_line(o:Outcome):
@@ -286,9 +275,10 @@ def summarize(outcomes:list):
 # %% ../nbs/13_sweep.ipynb #5ee90037
 def report(table:str, out, preset:str|None=None, nbs=None):
     "Execute tables.ipynb for `table` on the runs under `out`; returns the paths of the notebook, CSV and HTML."
-    if get_table(table).layout == 'findings':
-        raise ValueError(f'{table} is reported by nbs/findings.ipynb, not tables.ipynb: papermill nbs/findings.ipynb '
-                         f'{Path(out)}/findings.ipynb -p runs_dir {out} -p preset {preset or "fit"}')
+    if (t := get_table(table)).report != 'tables':
+        raise ValueError(f'{table} is reported by nbs/{t.report}.ipynb, not tables.ipynb: '
+                         f'papermill nbs/{t.report}.ipynb '
+                         f'{Path(out)}/{t.report}.ipynb -p runs_dir {out} -p preset {preset or "fit"}')
     out, nbs = Path(out), notebooks_dir(nbs)
     nb, html = out/f'{table}.ipynb', out/f'{table}.html'
     args = ['-m', 'papermill', str(nbs/'tables.ipynb'), str(nb), '--log-level', 'WARNING', '-r', 'runs_dir', str(out),
@@ -301,12 +291,6 @@ def report(table:str, out, preset:str|None=None, nbs=None):
     return nb, out/f'{table}.csv', html
 
 # %% ../nbs/13_sweep.ipynb #5ee90039
-RUN_MINUTES = {   # rough minutes per run: smoke and cpu on 2 cores (one run at a time), paper per GPU
-    'chexpert': {'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 26 * 60},
-    'faces': {'smoke': 0.3, 'cpu': 1.0, 'fit': 2.0, 'paper': 3 * 60},
-    'fair_features': {'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 4 * 60},
-}
-
 def _duration(minutes:float): return f'{minutes:.0f} min' if minutes < 90 else f'{minutes / 60:.0f} h'
 
 def table_list(seeds:int=3):
@@ -314,29 +298,20 @@ def table_list(seeds:int=3):
     lines = [f'{"table":8} {"runs/seed":>9} {"runs":>5}  {"smoke":>8} {"cpu":>8} {"paper (GPU-hours)":>18}  what']
     for name, t in TABLES.items():
         jobs = table_jobs(t, 'cpu', seeds)
-        est = {p: sum(RUN_MINUTES[j.problem][p] * (5 if p == 'paper' and t.on_preset.get('paper') else 1)
+        est = {p: sum(PROBLEMS[j.problem].minutes[p] * (5 if p == 'paper' and t.on_preset.get('paper') else 1)
                       for j in jobs) for p in ('smoke', 'cpu', 'paper')}
         lines.append(f'{name:8} {len(jobs) // seeds:>9} {len(jobs):>5}  {_duration(est["smoke"]):>8} '
                      f'{_duration(est["cpu"]):>8} {est["paper"] / 60:>18,.0f}  {t.title}')
     return lines + [f'(seeds={seeds}; times are rough and serial: divide by --jobs, or by the GPUs or Ray slots.)']
 
 # %% ../nbs/13_sweep.ipynb #5ee90041
-def _value(v:str):
-    "A --set value: an integer, a number (1e-3 too), True/False/None, or text."
-    import yaml
-    for kind in (int, float):
-        try: return kind(v)
-        except ValueError: pass
-    if v.startswith('['): return yaml.safe_load(v)
-    return {'True': True, 'False': False, 'None': None, '': None}.get(v, v)
-
 def parse_overrides(items:list): # ['epochs=2', 'data_dir=/data/CheXpert-v1.0-small']
     "--set name=value pairs: integers, numbers, True/False/None, lists ([8, 12]) or text."
     out = {}
     for it in items or []:
         if '=' not in it: raise ValueError(f'--set {it!r} is not name=value (e.g. --set epochs=2).')
         k, v = it.split('=', 1)
-        out[k] = _value(v)
+        out[k] = parse_value(v)
     return out
 
 def _parser():

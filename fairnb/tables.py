@@ -16,22 +16,21 @@ import seaborn as sns
 
 from .chexpert import TASK_ABBR
 from .report import collect_runs, mean_interval, ROW_KEYS, OPTIONAL_KEYS
+from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
-__all__ = ['NOTEBOOKS', 'TABLES', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table', 'register_table',
-           'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values', 'chexpert_layout', 'faces_layout',
-           'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results', 'table_preset',
-           'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age']
+__all__ = ['TABLES', 'FINDINGS_CX', 'FINDINGS_FACES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell',
+           'cell', 'Table', 'register_table', 'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values',
+           'chexpert_layout', 'faces_layout', 'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs',
+           'table_results', 'table_preset', 'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age']
 
 # %% ../nbs/12_tables.ipynb #7ab1e006
-NOTEBOOKS = {'chexpert': 'run_chexpert', 'faces': 'run_facerec', 'fair_features': 'run_fair_features'}
-
 @dataclass(frozen=True)
 class Cell:
     "One row the paper prints, and the experiment that fills it."
     block: str       # the paper's label: a CheXpert row (one per task below it), or a face table's block
     row: str|None    # faces: the row within the block ('BASELINE', 'alpha = 0.5'); CheXpert: None
-    problem: str     # a key of `NOTEBOOKS`
+    problem: str     # a key of `fairnb.experiments.PROBLEMS`
     params: tuple    # ((name, value), ...): the experiment notebook's parameters
 
     @property
@@ -39,7 +38,7 @@ class Cell:
 
 def cell(block:str, problem:str, row:str|None=None, **params):
     "A `Cell`, its parameters sorted by name."
-    if problem not in NOTEBOOKS: raise ValueError(f'Unknown problem {problem!r}; choose one of {list(NOTEBOOKS)}.')
+    get_problem(problem)   # fails naming the problems there are
     return Cell(block, row, problem, tuple(sorted(params.items())))
 
 # %% ../nbs/12_tables.ipynb #7ab1e009
@@ -53,6 +52,7 @@ class Table:
     tasks: tuple = ()  # CheXpert: the task rows shown ('CO', 'PE', 'AVG'); (): every one
     on_preset: dict = field(default_factory=dict) # preset -> parameters every cell takes there
     figures: tuple = ()  # names of `FIGURES` drawn under the table
+    report: str = 'tables'  # the report notebook in nbs/ that lays it out
 
     def problems(self): return sorted({c.problem for c in self.cells})
 
@@ -126,8 +126,31 @@ register_table(Table('table3', 'Faces, ResNet-152 + SIRN: test accuracy per sex 
                **({'penalized_group': g} if a else {})) for g in ('female', 'male') for a in range(4)),
     on_preset=_R152, figures=('curves',)))
 
+# %% ../nbs/12_tables.ipynb #7ab1e051
+FINDINGS_CX = dict(base=cell('BASELINE', 'chexpert', scheme='baseline'),
+                   eq_train=cell('EQ. LOSS TRAIN', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='train'),
+                   eq_holdout=cell('EQ. LOSS VAL', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='holdout'),
+                   minmax=cell('MIN-MAX LOSS', 'chexpert', scheme='minmax'),
+                   flip=cell('RANDOM FLIP beta = 0.1 MALE FLIPPED', 'chexpert', scheme='label_flip', flip_rate=0.1,
+                             flip_group='male'))
+FINDINGS_FACES = dict(base=cell('BASELINE', 'faces', 'BASELINE', scheme='baseline'),
+                      margins=cell('ADJUSTED ANGLE MARGINS', 'faces', 'FAIR', scheme='margins', margin=0.75,
+                                   margin_group='female'),
+                      flip=cell('RANDOM LABELS FLIPPING', 'faces', 'p = 0.3', scheme='label_flip', flip_rate=0.3,
+                                flip_group='male'),
+                      ff_base=cell('FAIR FEATURES', 'fair_features', 'BASELINE', alpha=0.0),
+                      ff_female=cell('FAIR FEATURES (FEMALES)', 'fair_features', 'alpha = 1', alpha=1.0,
+                                     penalized_group='female'),
+                      ff_male=cell('FAIR FEATURES (MALES)', 'fair_features', 'alpha = 1', alpha=1.0,
+                                   penalized_group='male'))
+register_table(Table('findings_chexpert', "The CheXpert runs behind the paper's claims (F1-F3, F6-F8)", 'findings',
+                     tuple(FINDINGS_CX.values()), report='findings'))
+register_table(Table('findings_faces', "The face runs behind the paper's claims (F4-F6)", 'findings',
+                     tuple(FINDINGS_FACES.values()), report='findings'))   # paper: the preset's ResNet-18, as Table 6
+
 # %% ../nbs/12_tables.ipynb #7ab1e014
-NOT_IN_NAME = ('data_dir', 'weights_path', 'device', 'num_workers', 'on_bad_image', 'out_dir', 'overwrite', 'resume')
+RUN_ONLY = ('device', 'num_workers', 'on_bad_image', 'out_dir', 'overwrite', 'resume')   # how it runs, not what it is
+NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path')   # the data's place: checked against config.json instead
 
 def _short(v): return f'{v:g}' if isinstance(v, float) else str(v)
 
@@ -151,7 +174,7 @@ class Job:
     folder: str     # '<preset>/<run_name>'
 
     @property
-    def notebook(self): return NOTEBOOKS[self.problem]
+    def notebook(self): return PROBLEMS[self.problem].notebook
     @property
     def kw(self): return dict(self.params)
 
@@ -221,7 +244,7 @@ LAYOUTS = {'chexpert': (chexpert_layout, 3), 'faces': (faces_layout, 1), 'angles
            'sirn': (sirn_layout, 1), 'demographics': (demographics_layout, 2)}   # name -> (layout, digits shown)
 
 # %% ../nbs/12_tables.ipynb #7ab1e027
-SEED_FREE = ('seed', 'out_dir', 'device', 'num_workers', 'resume', 'overwrite', 'on_bad_image')
+SEED_FREE = RUN_ONLY + ('seed',)
 
 def _same(a, b): return a == b or (isinstance(a, float) and isinstance(b, float) and np.isclose(a, b))
 

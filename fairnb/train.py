@@ -12,24 +12,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import progress, save_torch
+from .core import progress, save_torch, to_device
 from .data import get_attribute
-from .distributed import (all_reduce_sums, barrier, is_distributed, is_main, local_statistics, set_sampler_epoch,
+from .ddp import (all_reduce_sums, barrier, is_distributed, is_main, local_statistics, set_sampler_epoch,
                                 wrap_ddp)
 from .losses import group_losses
 from .schemes import BatchOut, Scheme
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'to_device', 'autocast', 'batch_out', 'cycle', 'speed_up', 'train_epoch', 'rng_state', 'set_rng_state',
+__all__ = ['PRECISIONS', 'autocast', 'batch_out', 'cycle', 'speed_up', 'train_epoch', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'fit']
-
-# %% ../nbs/07_train.ipynb #927aa41f
-def to_device(x, device):
-    "Move tensors, and dicts, lists and tuples of them, to `device`."
-    if isinstance(x, torch.Tensor): return x.to(device, non_blocking=True)
-    if isinstance(x, dict): return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(v, device) for v in x)
-    return x
 
 # %% ../nbs/07_train.ipynb #46c550a4
 PRECISIONS = ('fp32', 'bf16')

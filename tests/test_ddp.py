@@ -1,5 +1,4 @@
 "torchrun (DDP) on the CPU with gloo: 2 processes against 1 on the same global batch, and a smoke run end to end."
-import ast
 import json
 import os
 import socket
@@ -14,7 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import NBS
-from fairnb.distributed import RUN_PARAMS, global_mean, wrap_ddp
+from fairnb.ddp import global_mean, wrap_ddp
 from fairnb.losses import PENALTIES, minmax_loss
 from fairnb.schemes import BatchOut, get_scheme
 
@@ -118,24 +117,9 @@ def test_two_processes_match_one(tmp_path):
                    if isinstance(v, torch.Tensor))   # the gradients compared are not all zero
 
 
-def _param_defaults(notebook):
-    "A run notebook's parameters cell as {name: default}."
-    nb = json.loads((NBS/notebook).read_text())
-    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
-    tree = ast.parse(''.join(cell['source']))
-    return {n.target.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.AnnAssign)}
-
-
-def test_run_params_match_the_notebooks():
-    "The command line takes exactly the run notebooks' parameters, with their defaults."
-    for problem, nb in (('chexpert', 'run_chexpert.ipynb'), ('faces', 'run_facerec.ipynb'),
-                        ('fair_features', 'run_fair_features.ipynb')):
-        assert RUN_PARAMS[problem] == _param_defaults(nb), problem
-
-
 def _torchrun(out, *params):
     cmd = [str(Path(sys.executable).parent/'torchrun'), '--standalone', '--nproc_per_node', '2', '-m',
-           'fairnb.distributed', 'chexpert', '-p', 'preset', 'smoke', '-p', 'bootstrap', '0', '-p', 'device', 'cpu',
+           'fairnb.launch', 'chexpert', '-p', 'preset', 'smoke', '-p', 'bootstrap', '0', '-p', 'device', 'cpu',
            '-p', 'scheme', 'eq_loss', '-p', 'penalty_on', 'holdout', '-p', 'out_dir', str(out), *params]
     env = os.environ | {'OMP_NUM_THREADS': '1'}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
