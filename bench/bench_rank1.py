@@ -1,5 +1,5 @@
 """Rank-1 leave-one-out identification on 20,000 x 512 embeddings (2,000 identities x 10 images: identity centres
-plus noise, float32, seeded): `fairnb.metrics.rank1_search` against scikit-learn's brute-force cosine
+plus noise, float32, seeded): `fairnb.search.rank1_search` against scikit-learn's brute-force cosine
 `NearestNeighbors` (n_neighbors=2, the probe's own match dropped), the identity found for every probe checked equal.
 
 The floor: the half-size similarity product the search cannot avoid (the matrix is symmetric), i.e. the sum over
@@ -16,7 +16,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from _common import PeakRSS, interleaved, table, threads_note
-from fairnb.metrics import rank1_search
+from fairnb.search import rank1_search
 
 
 def embeddings(n_ids:int=2000, per_id:int=10, dim:int=512, noise:float=2.2, seed:int=0):

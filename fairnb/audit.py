@@ -4,51 +4,21 @@
 
 # %% ../nbs/14_audit.ipynb #a0d10003
 from __future__ import annotations
-import io, math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .core import atomic_write_bytes, read_json, write_csv
+from .results import read_predictions
+from .stats import bootstrap_p, two_proportion_test
 from .data import Attribute, get_attribute
-from .metrics import auc_stats, figure_rows, group_codes, mean_stats, rank1_search
+from .metrics import auc_stats, figure_rows, group_codes, mean_stats
+from .search import rank1_search
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'write_predictions', 'read_predictions', 'intersect', 'prediction_tasks', 'run_stats', 'grouping',
-           'audit_rows', 'worst_subgroup', 'bootstrap_p', 'paired_predictions', 'compare_predictions', 'compare_runs',
-           'prediction_attributes', 'describe_change', 'two_proportion_test', 'flip_table', 'race_audit',
-           'plot_compare']
-
-# %% ../nbs/14_audit.ipynb #a0d10006
-PREDICTIONS = 'predictions'
-
-def write_predictions(out_dir, split:str, frame:pd.DataFrame, # one row per image
-                      embeddings=None): # (N, D) features, saved beside as .npy
-    "Atomically write `predictions/<split>.csv` (and `<split>_embeddings.npy`); returns the CSV's path."
-    d = Path(out_dir)/PREDICTIONS
-    if embeddings is not None:
-        if len(embeddings) != len(frame):
-            raise ValueError(f'{len(embeddings)} embeddings for {len(frame)} rows of predictions.')
-        buf = io.BytesIO(); np.save(buf, np.asarray(embeddings, dtype=np.float32))
-        atomic_write_bytes(d/f'{split}_embeddings.npy', buf.getvalue())
-    return write_csv(d/f'{split}.csv', frame)
-
-# %% ../nbs/14_audit.ipynb #a0d10008
-def read_predictions(run, # a finished run folder
-                     split:str='test'):
-    "(config, predictions, embeddings or None) of a finished run's `split`."
-    run = Path(run)
-    if not (run/'results.json').exists():
-        raise FileNotFoundError(f'{run} is not a finished run (no results.json); finish it, or pass another folder.')
-    f = run/PREDICTIONS/f'{split}.csv'
-    if not f.exists():
-        raise FileNotFoundError(f'{run} keeps no {PREDICTIONS}/{split}.csv (an older fairnb, or a fair-features run); '
-                                'run it again with -p overwrite True to keep its predictions.')
-    e = f.with_name(f'{split}_embeddings.npy')
-    return read_json(run/'results.json')['config'], pd.read_csv(f), np.load(e) if e.exists() else None
+__all__ = ['intersect', 'prediction_tasks', 'run_stats', 'grouping', 'audit_rows', 'worst_subgroup', 'paired_predictions',
+           'compare_predictions', 'compare_runs', 'prediction_attributes', 'describe_change', 'flip_table',
+           'race_audit', 'plot_compare']
 
 # %% ../nbs/14_audit.ipynb #a0d10011
 def intersect(codes:pd.DataFrame, # columns of group codes, named as the attributes
@@ -112,12 +82,6 @@ def worst_subgroup(rows:pd.DataFrame): # `audit_rows` of one grouping
     return ok.groupby(['attribute', 'task'], sort=False).apply(one, include_groups=False)
 
 # %% ../nbs/14_audit.ipynb #a0d10022
-def bootstrap_p(delta:np.ndarray): # (R,) resampled changes
-    "Two-sided bootstrap p-value of no change: twice the smaller tail, (count + 1) / (R + 1), at most 1."
-    d = np.asarray(delta, dtype=float); d = d[~np.isnan(d)]
-    if len(d) == 0: return float('nan')
-    return float(min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (len(d) + 1)))
-
 def paired_predictions(base, fair, split:str='test'):
     "(config, baseline predictions, fair predictions) of two finished runs, aligned on the same images."
     cb, pb, _ = read_predictions(base, split); cf, pf, _ = read_predictions(fair, split)
@@ -170,17 +134,6 @@ def describe_change(rows:pd.DataFrame, # `compare_predictions` rows
     else: verdict = 'not distinguishable from no change'
     return (f'{task}: {what} went from {r.baseline:.3f} to {r.fair:.3f}, a change of {r.change:+.3f} '
             f'[{r.low:+.3f}, {r.high:+.3f}], p = {r.p_value:.3g}: {verdict}.')
-
-# %% ../nbs/14_audit.ipynb #a0d10027
-def two_proportion_test(x1:int, n1:int, x2:int, n2:int, # successes and trials of each sample
-                        alternative:str='greater'): # 'greater' (p1 > p2), 'less' or 'two-sided'
-    "(z, p): the pooled two-proportion z-test of x1/n1 against x2/n2."
-    if min(n1, n2) == 0: return float('nan'), float('nan')
-    pool = (x1 + x2) / (n1 + n2); se = math.sqrt(pool * (1 - pool) * (1 / n1 + 1 / n2))
-    if se == 0: return float('nan'), float('nan')
-    z = (x1 / n1 - x2 / n2) / se
-    p = {'greater': stats.norm.sf(z), 'less': stats.norm.cdf(z), 'two-sided': 2 * stats.norm.sf(abs(z))}[alternative]
-    return float(z), float(p)
 
 # %% ../nbs/14_audit.ipynb #a0d10029
 def flip_table(pb:pd.DataFrame, pf:pd.DataFrame, # aligned face predictions (column `correct`) of two runs

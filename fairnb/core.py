@@ -17,7 +17,7 @@ __all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', '
            'atomic_write_bytes', 'write_json', 'read_json', 'write_csv', 'save_torch', 'ipython_shell', 'progress_mode',
            'EpochLines', 'progress', 'RunDirInUse', 'lock_run_dir', 'release_run_dir', 'prepare_run_dir',
            'config_differences', 'check_resume_config', 'write_failure', 'record_failure', 'apply_preset',
-           'check_config', 'check_types', 'parse_value', 'cache_dir', 'build_once']
+           'check_config', 'check_types', 'parse_value', 'cache_dir', 'entry_lock', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -299,6 +299,20 @@ def cache_dir():
     return Path(os.environ.get('FAIRNB_CACHE', Path.home()/'.cache'/'fairnb')).expanduser()
 
 # %% ../nbs/00_core.ipynb #75f62089
+@contextmanager
+def entry_lock(path:Path):
+    "Hold an exclusive flock on `path`, waiting for it; the file is removed on release."
+    import fcntl
+    while True:
+        f = open(path, 'a+')
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError: same = False
+        if same: break
+        f.close()   # released and removed by its holder meanwhile: lock the new file
+    try: yield path
+    finally: path.unlink(missing_ok=True); f.close()
+
 def build_once(name:str, # folder name prefix with the generator's version, e.g. 'synthetic-chexpert-v1'
                build, # build(folder, **kwargs) writes the dataset into folder
                subdir:str, # the folder `build` writes, inside the cache entry
@@ -308,11 +322,14 @@ def build_once(name:str, # folder name prefix with the generator's version, e.g.
     bound = inspect.signature(build).bind(None, **kwargs); bound.apply_defaults()
     params = dict(list(bound.arguments.items())[1:])
     final = Path(root or cache_dir())/f"{name}-{hashlib.sha1(repr(sorted(params.items())).encode()).hexdigest()[:10]}"
-    if not (final/'params.json').exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
+    if (final/'params.json').exists(): return final/subdir
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with entry_lock(final.parent/f'{final.name}.lock'):
+        if (final/'params.json').exists(): return final/subdir   # built by another process while we waited
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f'.{final.name}.')); os.chmod(tmp, umask_mode(0o777))
         try:
             build(tmp/subdir, **kwargs); write_json(tmp/'params.json', params)
-            shutil.rmtree(final, ignore_errors=True); tmp.rename(final)
+            shutil.rmtree(final, ignore_errors=True)   # an incomplete entry (no params.json) only
+            tmp.rename(final)
         finally: shutil.rmtree(tmp, ignore_errors=True)
     return final/subdir

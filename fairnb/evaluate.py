@@ -13,7 +13,8 @@ import torch
 from .core import progress, to_device
 
 from .data import ImageTable, get_attribute
-from .metrics import class_angles, group_auc, group_mean_rows, penalty_rows, rank1_search
+from .metrics import group_auc, group_mean_rows, penalty_rows
+from .search import class_angles, rank1_search
 from .models import SensitiveHead
 
 # %% auto #0

@@ -17,7 +17,7 @@ from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexper
 from .losses import pos_weights, weighted_bce
 from .models import create_model
 from .evaluate import predict, split_evaluator, split_rows
-from .audit import write_predictions
+from .results import write_predictions
 from .run import Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0

@@ -15,7 +15,8 @@ from .losses import MarginLoss
 from .models import CosFace, create_model
 from .schemes import Scheme
 from .evaluate import face_evaluator, face_outcomes, face_rows, predict
-from .audit import race_audit, write_predictions
+from .audit import race_audit
+from .results import write_predictions
 from .run import Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0

@@ -4,24 +4,23 @@
 
 # %% ../nbs/17_findings.ipynb #f17e0003
 from __future__ import annotations
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .report import mean_interval, with_interval
+from .report import with_interval
+from .stats import mean_interval, paired_interval, variance_ratio
 from .tables import FINDINGS_CX, FINDINGS_FACES, TABLES, Cell, cell_runs
 from .experiments import PROBLEMS
 
 # %% auto #0
 __all__ = ['CX', 'FACES', 'FINDINGS_TABLES', 'VERDICTS', 'FINDINGS', 'COLOURS', 'SPLIT_ORDER', 'seed_values', 'toy_runs',
-           'verdict', 'combine', 'paired_interval', 'variance_ratio', 'figure', 'abs_gap', 'minus', 'relative', 'Part',
-           'Finding', 'register_finding', 'assess', 'finding_verdicts', 'planted_runs', 'plot_parts', 'split_profile',
-           'plot_finding', 'scores', 'regime', 'regime_table', 'style_verdicts']
+           'verdict', 'combine', 'figure', 'abs_gap', 'minus', 'relative', 'Part', 'Finding', 'register_finding',
+           'assess', 'finding_verdicts', 'planted_runs', 'plot_parts', 'split_profile', 'plot_finding', 'scores',
+           'regime', 'regime_table', 'style_verdicts']
 
 # %% ../nbs/17_findings.ipynb #f17e0006
 CX, FACES = FINDINGS_CX, FINDINGS_FACES   # the cells, declared with the tables (`fairnb.tables`)
@@ -41,7 +40,7 @@ def seed_values(runs:pd.DataFrame, c:Cell, preset:str, # `collect_runs` output; 
 def toy_runs(values:dict, # {(cell, seed): {(split, group, attribute, metric, task): value}}
              preset:str='toy'):
     "Runs as `collect_runs` gives them, built from known figures: for tests and examples."
-    from fairnb.report import collect_runs
+    from fairnb.results import collect_runs
     pairs = []
     for (c, seed), figs in values.items():
         rows = pd.DataFrame([dict(split=s, attribute=a, group=g, task=t, metric=m, value=float(v))
@@ -67,19 +66,6 @@ def combine(verdicts:list):
     if not verdicts: return 'inconclusive'
     if 'contradicted' in verdicts: return 'contradicted'
     return 'reproduced' if all(v == 'reproduced' for v in verdicts) else 'inconclusive'
-
-# %% ../nbs/17_findings.ipynb #f17e0018
-def paired_interval(diff:pd.Series, level:float=0.95): # one difference per seed
-    "(mean, low, high, seeds) of per-seed differences: Student-t over seeds; seeds missing a figure are left out."
-    return mean_interval(pd.Series(diff, dtype=float).dropna().to_numpy(), level)
-
-def variance_ratio(a:pd.Series, b:pd.Series, level:float=0.95): # one figure per seed of each
-    "(log(var a / var b), low, high, seeds of a): the F-distribution interval; NaN bounds with fewer than 2 each."
-    a, b = (pd.Series(x, dtype=float).dropna() for x in (a, b))
-    if min(len(a), len(b)) < 2 or a.var() == 0 or b.var() == 0: return (np.nan, np.nan, np.nan, len(a))
-    r, q = a.var() / b.var(), (1 - level) / 2
-    da, db = len(a) - 1, len(b) - 1
-    return (math.log(r), math.log(r / stats.f.ppf(1 - q, da, db)), math.log(r / stats.f.ppf(q, da, db)), len(a))
 
 # %% ../nbs/17_findings.ipynb #f17e0021
 def figure(c:Cell, split:str, group:str='gap', attribute:str='sex', metric:str|None=None):

@@ -24,7 +24,7 @@ from .ddp import barrier, is_main, local_device, rank_batch_size, rank_sampler, 
 from .models import check_model_name
 from .schemes import SCHEMES, Scheme, get_scheme
 from .train import PRECISIONS, fit, speed_up
-from .report import write_results
+from .results import write_results
 
 # %% auto #0
 __all__ = ['PRESET_TYPES', 'Param', 'Problem', 'check_bootstrap', 'resolve_config', 'Model', 'Run', 'watch_failures',

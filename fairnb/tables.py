@@ -15,14 +15,16 @@ import pandas as pd
 import seaborn as sns
 
 from .chexpert import TASK_ABBR
-from .report import collect_runs, mean_interval, ROW_KEYS, OPTIONAL_KEYS
+from .results import collect_runs, ROW_KEYS, OPTIONAL_KEYS
+from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
 __all__ = ['TABLES', 'FINDINGS_CX', 'FINDINGS_FACES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell',
            'cell', 'Table', 'register_table', 'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values',
-           'chexpert_layout', 'faces_layout', 'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs',
-           'table_results', 'table_preset', 'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age']
+           'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout', 'angles_layout', 'sirn_layout',
+           'demographics_layout', 'cell_runs', 'table_results', 'table_preset', 'run_counts', 'layout_table',
+           'style_table', 'plot_curves', 'plot_age']
 
 # %% ../nbs/12_tables.ipynb #7ab1e006
 @dataclass(frozen=True)
@@ -201,6 +203,31 @@ def paper_values(table:str|None=None): # 'table1', ...; None: every table
     with resources.files('fairnb').joinpath('paper_tables.csv').open(encoding='utf-8') as f:
         df = pd.read_csv(f, dtype={'row': str}, keep_default_na=False, na_values={'value': ['']})
     return df if table is None else df[df.table == table].reset_index(drop=True)
+
+# %% ../nbs/12_tables.ipynb #7ab1e061
+def paper_table3():
+    "The paper's Table 3 in `sirn_table`'s layout: per (penalized, alpha), test accuracy (%) per sex, gap, SENS ACC."
+    p = paper_values('table3')
+    p = p.assign(penalized=p.block.str.extract(r'PENALIZE (\w+)S')[0].str.lower(),
+                 alpha=p.row.str.extract(r'alpha = (\d+)')[0].astype(int), column=p.column.str.upper())
+    t = p.pivot_table(index=['penalized', 'alpha'], columns='column', values='value')
+    return t[['MALE', 'FEMALE', 'GAP', 'SENS ACC']].rename_axis(columns=None)
+
+def sirn_table(runs): # iterable of run folders, or of (config, rows) pairs
+    "Table 3's layout in percent: test accuracy per group, the gap and discriminator accuracy, per (penalized, alpha)."
+    out = []
+    for _, r in collect_runs(runs).groupby('run', sort=False):
+        c = r.iloc[0]
+        test = r[(r.split == 'test') & (r.attribute == c['sensitive']) & (r.task == 'identification')]
+        acc = test[test.metric == 'accuracy'].set_index('group').value
+        sens = test[(test.metric == 'sensitive_accuracy') & (test.group == 'all')].value
+        if sens.empty: raise ValueError(f"a run of scheme {c.get('scheme')!r} has no sensitive_accuracy rows; "
+                                        'sirn_table reads fair_features runs.')
+        probe = test[(test.metric == 'probe_accuracy') & (test.group == 'all')].value
+        out.append({'penalized': c['penalized_group'], 'alpha': c['alpha'],
+                    **{g.upper(): 100 * v for g, v in acc.items()},
+                    'SENS ACC': 100 * sens.item(), **({'PROBE ACC': 100 * probe.item()} if len(probe) else {})})
+    return pd.DataFrame(out).set_index(['penalized', 'alpha']).sort_index()
 
 # %% ../nbs/12_tables.ipynb #7ab1e023
 def _groups(r, metric, task=None, scale=1.0, split=None):

@@ -7,6 +7,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NBS = ROOT / 'nbs'
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: executes notebooks or starts processes (make test-fast leaves it out)')
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _cache(tmp_path_factory):
     "Synthetic data goes to FAIRNB_CACHE (the Makefile points it into the repo); a temporary one otherwise."
@@ -32,3 +36,26 @@ def stream_outputs(notebook, name=None):
     nb = nbformat.read(str(notebook), as_version=4)
     return [o['text'] for c in nb.cells for o in c.get('outputs', [])
             if o['output_type'] == 'stream' and name in (None, o['name'])]
+
+
+def refused_by_start_run(problem, out, params, message):
+    "start_run (in this process, as a notebook's first call) refuses `params` with `message`, records it, writes no results."
+    import json
+    from fairnb.experiments import PROBLEMS
+    from fairnb.run import start_run
+    with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=message):
+        start_run(PROBLEMS[problem], {'preset': 'smoke', 'device': 'cpu', 'out_dir': str(out), **params})
+    failed = json.loads((Path(out) / 'failed.json').read_text())
+    assert 'resolve_config' in failed['traceback'] or 'prepare_run_dir' in failed['traceback'], failed['traceback']
+    assert not (Path(out) / 'results.json').exists() and not (Path(out) / 'checkpoint.pt').exists()
+    assert not (Path(out) / 'run.lock').exists() or not _locked(Path(out) / 'run.lock')
+
+
+def _locked(path):
+    "Whether a process holds the flock on `path`."
+    import fcntl
+    with open(path) as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError: return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False

@@ -8,9 +8,10 @@ import pytest
 from scipy import stats
 
 from conftest import run_notebook
-from fairnb.audit import paired_predictions, read_predictions
+from fairnb.audit import paired_predictions
+from fairnb.results import read_predictions
 from fairnb.metrics import group_auc, group_mean_rows
-from fairnb.report import read_results
+from fairnb.results import read_results
 
 REPS, RESAMPLES = 200, 400
 
@@ -78,6 +79,7 @@ def audits(tmp_path_factory):
 
 
 @pytest.mark.parametrize('problem', list(PAIRS))
+@pytest.mark.slow
 def test_runs_keep_predictions_and_intervals(audits, problem):
     run = audits[problem] / 'base' / 'run'
     rec, rows = read_results(run)
@@ -90,6 +92,7 @@ def test_runs_keep_predictions_and_intervals(audits, problem):
 
 
 @pytest.mark.parametrize('problem', list(PAIRS))
+@pytest.mark.slow
 def test_audit_report(audits, problem):
     d = audits[problem]
     audit = pd.read_csv(d / 'audit' / 'audit.csv')
@@ -115,6 +118,7 @@ def test_audit_report(audits, problem):
     assert ('to_incorrect' in text) == (problem == 'faces')      # the flip table, faces only
 
 
+@pytest.mark.slow
 def test_runs_of_different_problems_or_images_are_refused(audits):
     c, f = audits['chexpert'], audits['faces']
     with pytest.raises(ValueError, match='is a chexpert run and .* a faces run'):

@@ -9,7 +9,7 @@ from fairnb.data import ImageTable
 from fairnb.evaluate import evaluate_split, split_evaluator
 from fairnb.losses import PENALTIES, MarginLoss, group_means, weighted_bce
 from fairnb.models import MODELS, CosFace, create_model
-from fairnb.report import read_results, write_results
+from fairnb.results import read_results, write_results
 from fairnb.run import _scheme_params
 from fairnb.experiments import PROBLEMS
 from fairnb.schemes import SCHEMES, BatchOut, Scheme, get_scheme, register_scheme, schemes_for

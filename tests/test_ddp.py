@@ -1,4 +1,5 @@
 "torchrun (DDP) on the CPU with gloo: 2 processes against 1 on the same global batch, and a smoke run end to end."
+import pytest
 import json
 import os
 import socket
@@ -99,6 +100,7 @@ def _max_diff(a, b):
     return float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     "Every penalty, min-max, the mean loss and each scheme's gradient through DDP: 2 gloo processes = 1, to 1e-6."
     one = {name: _figures(case) for name, case in CASES.items()}
@@ -127,6 +129,7 @@ def _torchrun(out, *params):
     return p.stdout
 
 
+@pytest.mark.slow
 def test_torchrun_smoke_chexpert(tmp_path):
     "torchrun, 2 processes, gloo: rank 0 alone writes the run; a resumed run continues from its checkpoint."
     out = tmp_path/'run'

@@ -6,7 +6,7 @@ import torch
 
 from fairnb.data import relabel_within_group
 from fairnb.faces import CELEBA_ATTRS, LANDMARKS, face_splits, read_celeba, read_face, write_synthetic_celeba
-from fairnb.metrics import class_angles, rank1_correct
+from fairnb.search import class_angles, rank1_correct
 
 
 @pytest.fixture(scope='module')

@@ -8,8 +8,9 @@ import pytest
 import torch
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import run_notebook
-from fairnb.report import read_results, sirn_table
+from conftest import refused_by_start_run, run_notebook
+from fairnb.results import read_results
+from fairnb.tables import sirn_table
 
 SMOKE = dict(preset='smoke')
 
@@ -34,6 +35,7 @@ def on_backbone(own, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_results_of_a_fair_features_run(own):
     run = own / 'run'
     rec, rows = read_results(run)
@@ -66,6 +68,7 @@ def test_results_of_a_fair_features_run(own):
     assert 'Table 3' in text and 'paper (ResNet-152, CelebA)' in text
 
 
+@pytest.mark.slow
 def test_a_given_backbone_is_loaded_not_retrained(own, on_backbone):
     "The frozen embeddings x are the same model's: the 'pretrained' rows match those of the run that trained it."
     _, base = read_results(own / 'run')
@@ -76,6 +79,7 @@ def test_a_given_backbone_is_loaded_not_retrained(own, on_backbone):
         assert not (run / 'backbone_history.csv').exists()
 
 
+@pytest.mark.slow
 def test_alpha_zero_is_recognition_alone(on_backbone):
     "With alpha = 0 the penalised group cannot matter: the SIRN, its figures and its discriminator are the same."
     _, a = read_results(on_backbone['a0_male'])
@@ -89,6 +93,7 @@ def test_alpha_zero_is_recognition_alone(on_backbone):
     assert (a.value - c.value).abs().max() > 0       # alpha > 0 does change the figures
 
 
+@pytest.mark.slow
 def test_sirn_table_reads_runs(on_backbone):
     t = sirn_table(on_backbone.values())
     assert t.index.tolist() == [('female', 0.0), ('male', 0.0), ('male', 3.0)]
@@ -96,6 +101,7 @@ def test_sirn_table_reads_runs(on_backbone):
     assert ((t.MALE - t.FEMALE - t.GAP).abs() < 1e-6).all() and t.stack().between(-100, 100).all()
 
 
+@pytest.mark.slow
 def test_resume_reuses_both_checkpoints(own, tmp_path):
     "An interrupted fair-features run continues from its checkpoints: same figures, no training repeated."
     import shutil
@@ -121,12 +127,11 @@ def test_resume_reuses_both_checkpoints(own, tmp_path):
     (dict(backbone_checkpoint='no/such/run'), "backbone_checkpoint 'no/such/run' does not exist"),
 ])
 def test_bad_fair_features_parameters(tmp_path, params, message):
-    with pytest.raises(PapermillExecutionError, match=message):
-        run_notebook('run_fair_features.ipynb', tmp_path, **{**SMOKE, 'out_dir': str(tmp_path / 'run'), **params})
-    assert not (tmp_path / 'run' / 'results.json').exists()
+    refused_by_start_run('fair_features', tmp_path / 'run', params, message)
 
 
+@pytest.mark.slow
 def test_backbone_from_another_split_is_refused(own, tmp_path):
     "A backbone trained with another split seed may have seen this run's test identities."
-    with pytest.raises(PapermillExecutionError, match=r'trained with other seed=0 \(here 1\)'):
-        run_notebook('run_fair_features.ipynb', tmp_path, **SMOKE, seed=1, backbone_checkpoint=str(own / 'run'), out_dir=str(tmp_path / 'run'))
+    refused_by_start_run('fair_features', tmp_path / 'run', {**SMOKE, 'seed': 1, 'backbone_checkpoint': str(own / 'run')},
+                         r'trained with other seed=0 \(here 1\)')

@@ -61,6 +61,7 @@ def _text(nb):
                      for c in nb.cells for o in c.get('outputs', []))
 
 
+@pytest.mark.slow
 def test_report_has_a_verdict_per_finding(reported):
     parts = reported['parts']
     assert list(dict.fromkeys(parts.finding)) == list(FINDINGS)
@@ -74,6 +75,7 @@ def test_report_has_a_verdict_per_finding(reported):
     assert len(figures) == len(FINDINGS)
 
 
+@pytest.mark.slow
 def test_second_execution_reuses_the_runs(reported):
     text = _text(reported['second'])
     assert 'pass 1: 0 run(s) finished, 22 already finished (skipped), 0 failed' in text and 'pass 2' not in text
@@ -81,6 +83,7 @@ def test_second_execution_reuses_the_runs(reported):
     pd.testing.assert_frame_equal(again, reported['parts'])
 
 
+@pytest.mark.slow
 def test_html_export_renders_in_chromium(reported):
     nb = reported['dir'] / 'findings.ipynb'
     done = subprocess.run([sys.executable, '-m', 'nbconvert', '--to', 'html', '--embed-images', str(nb)],

@@ -73,10 +73,14 @@ def _imports():
     return g
 
 
-LAYERS = [('core', 'ddp', 'models'), ('data', 'losses', 'report', 'chexpert', 'faces', 'bupt'),
-          ('schemes', 'metrics', 'train', 'evaluate', 'audit'), ('run',),
-          ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'experiments'), ('tables', 'findings'),
-          ('sweep', 'launch')]
+LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # ground
+          ('data', 'losses', 'results'),                                          # data
+          ('chexpert', 'faces', 'bupt'),                                          # sources
+          ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report'),         # method
+          ('run',),                                                               # the run API
+          ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'experiments'),      # experiments
+          ('tables', 'findings'),                                                 # results
+          ('sweep', 'launch')]                                                    # top: the command lines
 
 
 def test_no_import_circle_and_none_upwards():

@@ -14,7 +14,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from conftest import NBS, run_notebook, stream_outputs
 from fairnb.chexpert import write_synthetic_chexpert
-from fairnb.report import read_results
+from fairnb.results import read_results
 from fairnb.train import load_checkpoint
 
 SMOKE = dict(preset='smoke', epochs=4)
@@ -27,6 +27,7 @@ def _kill_tree(pid):
         except psutil.NoSuchProcess: pass
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
     ref = tmp_path / 'ref'
     run_notebook('run_chexpert.ipynb', ref, out_dir=str(ref / 'run'), **SMOKE)
@@ -57,6 +58,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     pd.testing.assert_frame_equal(ha, hb, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_configuration(tmp_path):
     out = tmp_path / 'run'; out.mkdir()
     (out / 'config.json').write_text(json.dumps({'lr': 1.0}))            # an interrupted run of another configuration
@@ -64,6 +66,7 @@ def test_resume_refuses_another_configuration(tmp_path):
         run_notebook('run_chexpert.ipynb', tmp_path / 'b', out_dir=str(out), preset='smoke', resume=True)
 
 
+@pytest.mark.slow
 def test_failure_is_recorded_not_half_written(tmp_path):
     out = tmp_path / 'run'
     with pytest.raises(PapermillExecutionError, match='does not exist'):
@@ -87,6 +90,7 @@ def _cut_and_remove(folder):
     return cut, gone
 
 
+@pytest.mark.slow
 def test_bad_images_of_every_split_stop_the_run_or_are_skipped(tmp_path, small_chexpert):
     cut, gone = _cut_and_remove(small_chexpert)
     out = tmp_path / 'a' / 'run'
@@ -140,6 +144,7 @@ def _damage(csv, how):
     ('header_only', r'train.csv holds a header but no rows'),
     ('age_not_a_number', r"1 Age value\(s\) that are not an age in years \(line {n}: 'sixty'\)"),
 ])
+@pytest.mark.slow
 def test_damaged_csv_is_refused_naming_file_and_line(tmp_path, small_chexpert, how, message):
     line = _damage(small_chexpert / 'train.csv', how)
     out = tmp_path / 'run'
@@ -149,6 +154,7 @@ def test_damaged_csv_is_refused_naming_file_and_line(tmp_path, small_chexpert, h
     assert not (out / 'results.json').exists() and not (out / 'checkpoint.pt').exists()
 
 
+@pytest.mark.slow
 def test_celeba_line_without_identity_is_refused(tmp_path):
     from fairnb.faces import write_synthetic_celeba
     celeba = write_synthetic_celeba(tmp_path / 'celeba', n_ids=30, min_images=7, max_images=8, seed=2)
@@ -161,6 +167,7 @@ def test_celeba_line_without_identity_is_refused(tmp_path):
     assert 'identity_CelebA.txt line 5' in json.loads((out / 'failed.json').read_text())['error']
 
 
+@pytest.mark.slow
 def test_unsafe_weights_fail_in_the_model_cell_and_are_recorded(tmp_path):
     import pickle
     class Evil:
@@ -174,6 +181,7 @@ def test_unsafe_weights_fail_in_the_model_cell_and_are_recorded(tmp_path):
     assert 'chexpert_model' in failed['traceback'] and not (tmp_path / 'pwned').exists()
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_never_both_write(tmp_path):
     "Started together, one run takes the folder; the other fails at once, naming it, and touches nothing."
     out = tmp_path / 'run'
@@ -192,6 +200,7 @@ def test_two_runs_into_one_folder_never_both_write(tmp_path):
     assert not (out / 'failed.json').exists() and not (out / 'run.lock').exists()
 
 
+@pytest.mark.slow
 def test_one_group_in_a_split_is_refused_before_training(tmp_path, small_chexpert):
     valid = small_chexpert / 'valid.csv'
     valid.write_text(valid.read_text().replace(',Male,', ',Female,'))

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import run_notebook, stream_outputs
+from conftest import refused_by_start_run, run_notebook, stream_outputs
 from fairnb.chexpert import TASKS
-from fairnb.report import read_results
+from fairnb.results import read_results
 
 # Every scheme, and both penalty_on values for the three penalties (smoke preset: seconds each).
 RUNS = {
@@ -35,6 +35,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize('scheme', SCHEMES)
+@pytest.mark.slow
 def test_results_schema(runs, scheme):
     rec, rows = read_results(runs[scheme] / 'run')
     assert {k: rec['config'][k] for k in RUNS[scheme]} == RUNS[scheme] and rec['config']['preset'] == 'smoke'
@@ -62,6 +63,7 @@ def test_results_schema(runs, scheme):
 
 
 @pytest.mark.parametrize('scheme', SCHEMES)
+@pytest.mark.slow
 def test_run_folder(runs, scheme):
     d = runs[scheme] / 'run'
     config = json.loads((d / 'config.json').read_text())
@@ -85,6 +87,7 @@ def test_run_folder(runs, scheme):
 
 
 @pytest.mark.parametrize('scheme', SCHEMES)
+@pytest.mark.slow
 def test_report_is_for_reading(runs, scheme):
     "The executed report holds no progress bars and no warnings: one line per epoch, then the results."
     report = runs[scheme] / 'run_chexpert.ipynb'
@@ -95,6 +98,7 @@ def test_report_is_for_reading(runs, scheme):
     assert len(lines) < 15, lines
 
 
+@pytest.mark.slow
 def test_penalty_rows_recomputed_from_the_saved_model(runs):
     "model.pt evaluated afresh, with the penalty functions themselves, gives results.json's penalties (1e-6)."
     import torch
@@ -120,6 +124,7 @@ def test_penalty_rows_recomputed_from_the_saved_model(runs):
             assert abs(got - want) < 1e-6, (split, name, got, want)
 
 
+@pytest.mark.slow
 def test_planted_disparity_shows_in_a_short_baseline(runs):
     "The synthetic CheXpert makes women's findings fainter and their labels noisier: a baseline sees it on every split."
     _, rows = read_results(runs['baseline'] / 'run')
@@ -128,12 +133,14 @@ def test_planted_disparity_shows_in_a_short_baseline(runs):
 
 
 @pytest.mark.parametrize('scheme', SCHEMES[1:])
+@pytest.mark.slow
 def test_schemes_train_differently(runs, scheme):
     _, a = read_results(runs['baseline'] / 'run')
     _, b = read_results(runs[scheme] / 'run')
     assert (a.value - b.value).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_holdout_and_train_penalties_differ(runs):
     for p in ('eq_loss', 'eq_odds', 'disp_impact'):
         _, a = read_results(runs[f'{p}_train'] / 'run')
@@ -141,6 +148,7 @@ def test_holdout_and_train_penalties_differ(runs):
         assert (a.value - b.value).abs().max() > 1e-4, p
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(runs, tmp_path):
     run_notebook('run_chexpert.ipynb', tmp_path, scheme='baseline', preset='smoke', out_dir=str(tmp_path / 'run'))
     _, a = read_results(runs['baseline'] / 'run')
@@ -148,6 +156,7 @@ def test_same_seed_same_results(runs, tmp_path):
     pd.testing.assert_series_equal(a.value, b.value)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_finished_run(runs):
     d = runs['baseline']
     before = (d / 'run' / 'results.json').read_bytes()
@@ -161,7 +170,7 @@ def test_refuses_to_overwrite_a_finished_run(runs):
     (dict(scheme='fair'), "Unknown scheme 'fair'; choose one of"),
     (dict(epochs=0), 'epochs must be an integer >= 1'),
     (dict(scheme='eq_loss', alpha=-1.0), 'alpha must be a number >= 0'),
-    (dict(scheme='eq_loss', alpha='abc'), 'alpha must be a number >= 0'),
+    (dict(scheme='eq_loss', alpha='abc'), r"alpha must be a number or None, got 'abc' \(str\)"),
     (dict(alpha=1.0), r"scheme 'baseline' does not use alpha=1.0 \(a parameter of \['disp_impact', 'eq_loss'"),
     (dict(scheme='margins'), "scheme 'margins' is not for chexpert"),
     (dict(sensitive='young_old'), "sensitive='young_old' is not an attribute of chexpert"),
@@ -172,11 +181,19 @@ def test_refuses_to_overwrite_a_finished_run(runs):
     (dict(views='AP'), "views must be one of"),
     (dict(seed='abc'), r"seed must be an integer, got 'abc' \(str\)"),
     (dict(resume='yes'), 'resume must be True or False'),
-    (dict(lr='abc'), "lr must be > 0, got 'abc'"),
+    (dict(lr='abc'), r"lr must be a number or None, got 'abc' \(str\)"),
+    (dict(lr=-1.0), 'lr must be > 0, got -1.0'),
 ])
 def test_bad_parameters_fail_before_training(tmp_path, params, message):
-    with pytest.raises(PapermillExecutionError, match=message):
-        run_notebook('run_chexpert.ipynb', tmp_path, **{'preset': 'smoke', 'out_dir': str(tmp_path / 'run'), **params})
-    failed = json.loads((tmp_path / 'run' / 'failed.json').read_text())    # recorded, and raised by start_run itself
+    "start_run refuses them (the notebook's first call) before any data is read, and records why."
+    refused_by_start_run('chexpert', tmp_path / 'run', params, message)
+
+
+@pytest.mark.slow
+def test_a_bad_parameter_stops_the_notebook(tmp_path):
+    "Through papermill: the notebook stops at start_run, whose failure is recorded in the run folder."
+    with pytest.raises(PapermillExecutionError, match="Unknown scheme 'fair'; choose one of"):
+        run_notebook('run_chexpert.ipynb', tmp_path, preset='smoke', out_dir=str(tmp_path / 'run'), scheme='fair')
+    failed = json.loads((tmp_path / 'run' / 'failed.json').read_text())
     assert 'start_run' in failed['traceback'] and 'chexpert_data' not in failed['traceback']
     assert not (tmp_path / 'run' / 'results.json').exists() and not (tmp_path / 'run' / 'checkpoint.pt').exists()

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from fairnb.core import write_json
-from fairnb.report import read_results
+from fairnb.results import read_results
 
 BIN = Path(sys.executable).parent
 SWEEP = [str(BIN / 'fairnb-sweep'), 'table10', '--preset', 'smoke', '--seeds', '2', '--threads', '1']
@@ -61,6 +61,7 @@ def swept(tmp_path_factory):
     return dict(out=out, runs=runs, first=first, first_out=first_out, left=left, finished=finished, second=second)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_sweep_and_its_runs(swept):
     assert swept['first'].returncode == 128 + signal.SIGTERM, swept['first_out']
     assert 'Stopped: run the same command again to resume' in swept['first_out']
@@ -69,6 +70,7 @@ def test_sigterm_stops_the_sweep_and_its_runs(swept):
     assert list(swept['finished']) == ['chexpert-baseline-seed0']     # the stopped run left no results.json
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs_and_reports_the_failure(swept):
     second, runs = swept['second'], swept['runs']
     assert second.returncode == 1, second.stdout + second.stderr       # one run failed: non-zero, the rest went on
@@ -86,6 +88,7 @@ def test_resume_skips_finished_runs_and_reports_the_failure(swept):
     assert not (runs / 'chexpert-minmax-seed1' / 'results.json').exists()
 
 
+@pytest.mark.slow
 def test_report_csv_has_the_tables_rows_and_columns(swept):
     out = swept['out']
     assert f'report: {out}/table10.ipynb, {out}/table10.csv, {out}/table10.html' in swept['second'].stdout
@@ -104,6 +107,7 @@ def test_report_csv_has_the_tables_rows_and_columns(swept):
     assert base.loc[('CO', 'test', 'female'), 'low'] < np.mean(auc) < base.loc[('CO', 'test', 'female'), 'high']
 
 
+@pytest.mark.slow
 def test_html_report_renders_in_chromium(swept):
     chromium = shutil.which('chromium') or shutil.which('chromium-browser')
     assert chromium, 'chromium is missing: `make system` installs it (Debian package chromium)'
@@ -135,6 +139,7 @@ def ray_head():
     subprocess.run([ray, 'stop', '--force'], capture_output=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_local_results(swept, ray_head, tmp_path):
     out = tmp_path / 'ray-runs'
     r = subprocess.run(SWEEP[:4] + ['--seeds', '1', '--threads', '1', '--out', str(out), '--backend', 'ray',
