@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from fastcore.basics import patch
 
-from .data import Attribute, get_attribute, relabel_within_group
+from .data import get_attribute, relabel_within_group
 from .ddp import global_mean
 from .losses import fixed_class_regularizer, get_penalty, minmax_loss
 from .models import SensitiveHead
@@ -19,7 +18,7 @@ from .models import SensitiveHead
 # %% auto #0
 __all__ = ['SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme', 'schemes_for',
            'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact',
-           'LabelFlip', 'Margins', 'FairFeatures']
+           'IdentityFlip', 'LabelFlip', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -34,9 +33,10 @@ class BatchOut:
 def is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 class Scheme:
-    "Base scheme: the mean task loss (empirical risk minimisation)."
-    name, problems, needs_holdout, summary = 'baseline', ('chexpert', 'faces'), False, ''  # summary: what `prepare` did
+    "The base of every scheme: the mean task loss (empirical risk minimisation), which a scheme changes."
+    name, problems, needs_holdout, summary = None, ('chexpert', 'faces'), False, ''  # summary: what `prepare` did
     params, paper_defaults = {}, {}   # own parameter -> default; problem -> {parameter: the paper's value}
+    variants = {}   # problem -> the subclass that carries out this scheme there (label flipping on faces)
     def __init__(self, attribute, # the sensitive attribute: an `Attribute` or its name
                  problem:str='chexpert', seed:int=0, **params):
         self.attribute, self.problem, self.seed, self.logs = get_attribute(attribute), problem, seed, {}
@@ -58,16 +58,13 @@ class Scheme:
     def targets(self, targets:torch.Tensor, groups:torch.Tensor): return targets
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None): return global_mean(out.losses)   # torchrun: global
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
-
-# %% ../nbs/06_schemes.ipynb #cad9fcc1
-@patch
-def group_code(self:Scheme, param:str):
-    "The code of the group that parameter `param` names."
-    v, a = getattr(self, param), self.attribute
-    if v is None: raise ValueError(f'{self.name} needs {param}, one of {a.groups}.')
-    if v not in a.groups:
-        raise ValueError(f'{param} {v!r} is not a group of the sensitive attribute {a.name} {a.groups}.')
-    return a.code(v)
+    def group_code(self, param:str):
+        "The code of the group that parameter `param` names."
+        v, a = getattr(self, param), self.attribute
+        if v is None: raise ValueError(f'{self.name} needs {param}, one of {a.groups}.')
+        if v not in a.groups:
+            raise ValueError(f'{param} {v!r} is not a group of the sensitive attribute {a.name} {a.groups}.')
+        return a.code(v)
 
 # %% ../nbs/06_schemes.ipynb #96904944
 SCHEMES = {}
@@ -102,7 +99,8 @@ def get_scheme(name:str, # a key of `SCHEMES`
         raise ValueError(f'scheme {name!r} is not for {problem}; choose one of {schemes_for(problem)}.')
     given = {k: v for k, v in params.items() if v is not None}
     if msg := _foreign(name, given): raise ValueError(msg)
-    return cls(attribute, problem or cls.problems[0], seed, **given)
+    problem = problem or cls.problems[0]
+    return cls.variants.get(problem, cls)(attribute, problem, seed, **given)
 
 # %% ../nbs/06_schemes.ipynb #14f3b767
 @register_scheme
@@ -160,10 +158,8 @@ class DisparateImpact(PenaltyScheme):
     problems = ('chexpert',)
 
 # %% ../nbs/06_schemes.ipynb #4f582137
-@register_scheme
-class LabelFlip(Scheme):
-    "Flip the labels of a random `flip_rate` share of `flip_group`'s samples: per batch (CheXpert) or once (faces)."
-    name = 'label_flip'
+class _Flip(Scheme):
+    "What both kinds of label flipping share: which group, what share, and a seeded generator."
     params = dict(flip_group=None, flip_rate=0.05)
     paper_defaults = {'chexpert': dict(flip_group='female'), 'faces': dict(flip_group='male', flip_rate=0.3)}
     def check(self):
@@ -173,25 +169,27 @@ class LabelFlip(Scheme):
     def state_dict(self): return {'rng': self.rng.get_state()}
     def load_state_dict(self, state): self.rng.set_state(state['rng'])
 
-# %% ../nbs/06_schemes.ipynb #4f582138
-@patch
-def targets(self:LabelFlip, targets:torch.Tensor, groups:torch.Tensor):
-    "CheXpert: the batch's labels with the chosen samples' label vectors flipped."
-    if self.problem == 'faces': return targets   # faces flip once, in `prepare`
-    pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
-    self.logs = {'flipped': int(pick.sum())}
-    pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
-    return torch.where(pick, 1 - targets, targets)
+class IdentityFlip(_Flip):
+    "Faces: relabel a random `flip_rate` share of `flip_group`'s training images once, before training."
+    name = 'label_flip'
+    def prepare(self, train):
+        "A copy of the training dataset with `flip_rate` of the group's images given another identity of the group."
+        groups = train.attrs[self.attribute.name]
+        labels, changed = relabel_within_group(train.targets.numpy(), groups, self.flip_code, self.flip_rate, self.seed)
+        self.summary = (f'relabelled {int(changed.sum())} of {int((groups == self.flip_code).sum())} '
+                        f'{self.flip_group} training images')
+        return train.with_targets(labels)
 
-@patch
-def prepare(self:LabelFlip, train):
-    "Faces: a copy of the training dataset with `flip_rate` of the group's identities relabelled."
-    if self.problem != 'faces': return train
-    groups = train.attrs[self.attribute.name]
-    labels, changed = relabel_within_group(train.targets.numpy(), groups, self.flip_code, self.flip_rate, self.seed)
-    self.summary = (f'relabelled {int(changed.sum())} of {int((groups == self.flip_code).sum())} '
-                    f'{self.flip_group} training images')
-    return train.with_targets(labels)
+@register_scheme
+class LabelFlip(_Flip):
+    "CheXpert: flip the label vectors of a random `flip_rate` share of `flip_group`'s samples in every batch."
+    name, variants = 'label_flip', {'faces': IdentityFlip}
+    def targets(self, targets:torch.Tensor, groups:torch.Tensor):
+        "The batch's labels with the chosen samples' label vectors flipped."
+        pick = (groups.cpu() == self.flip_code) & (torch.rand(len(groups), generator=self.rng) < self.flip_rate)
+        self.logs = {'flipped': int(pick.sum())}
+        pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
+        return torch.where(pick, 1 - targets, targets)
 
 # %% ../nbs/06_schemes.ipynb #75cc0992
 @register_scheme
@@ -233,47 +231,38 @@ class FairFeatures(Scheme):
         self.penalized = self.group_code('penalized_group')
         self.target = 1 - self.penalized   # the class every image is pushed towards
         self.discriminator, self.disc_optimizer = None, None
+    def setup(self, criterion):
+        "Build the discriminator for the criterion's embedding size, from the scheme's own seed."
+        if self.discriminator is not None: return
+        w = getattr(getattr(criterion, 'head', None), 'weight', None)
+        if w is None:
+            raise TypeError('fair_features needs a margin-head criterion (fairnb.losses.MarginLoss) on the SIRN.')
+        with torch.random.fork_rng(devices=[]):   # its own seed: the SIRN's random stream is left as it was
+            torch.manual_seed(self.seed); self.discriminator = SensitiveHead(w.shape[1], self.n_groups).to(w.device)
+        self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr)
 
-# %% ../nbs/06_schemes.ipynb #f3358f38
-@patch
-def setup(self:FairFeatures, criterion):
-    "Build the discriminator for the criterion's embedding size, from the scheme's own seed."
-    if self.discriminator is not None: return
-    w = getattr(getattr(criterion, 'head', None), 'weight', None)
-    if w is None: raise TypeError('fair_features needs a margin-head criterion (fairnb.losses.MarginLoss) on the SIRN.')
-    with torch.random.fork_rng(devices=[]):   # its own seed: the SIRN's random stream is left as it was
-        torch.manual_seed(self.seed); self.discriminator = SensitiveHead(w.shape[1], self.n_groups).to(w.device)
-    self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=self.disc_lr)
+    def state_dict(self):
+        return {'discriminator': self.discriminator.state_dict(), 'optimizer': self.disc_optimizer.state_dict()}
+    def load_state_dict(self, state):
+        self.discriminator.load_state_dict(state['discriminator'])
+        self.disc_optimizer.load_state_dict(state['optimizer'])
+    def step_discriminator(self, feats:torch.Tensor, groups:torch.Tensor):
+        "`disc_steps` updates on detached features; the loss and accuracy before the last one."
+        for _ in range(self.disc_steps):
+            logits = self.discriminator(feats.detach())
+            loss = F.cross_entropy(logits, groups.long())
+            self.disc_optimizer.zero_grad(set_to_none=True); loss.backward(); self.disc_optimizer.step()
+        return loss.item(), (logits.argmax(1) == groups).float().mean().item()
 
-@patch
-def state_dict(self:FairFeatures):
-    return {'discriminator': self.discriminator.state_dict(), 'optimizer': self.disc_optimizer.state_dict()}
+    def regularizer(self, feats:torch.Tensor, groups:torch.Tensor):
+        "The mean fixed-class regulariser over the images `adversary_on` names."
+        reg = fixed_class_regularizer(self.discriminator(feats), self.target)
+        if self.adversary_on == 'penalized': reg = reg[groups == self.penalized]
+        return reg.mean() if len(reg) else reg.sum()   # a batch without the penalised group: 0
 
-@patch
-def load_state_dict(self:FairFeatures, state):
-    self.discriminator.load_state_dict(state['discriminator']); self.disc_optimizer.load_state_dict(state['optimizer'])
-
-# %% ../nbs/06_schemes.ipynb #f3358f39
-@patch
-def step_discriminator(self:FairFeatures, feats:torch.Tensor, groups:torch.Tensor):
-    "`disc_steps` updates on detached features; the loss and accuracy before the last one."
-    for _ in range(self.disc_steps):
-        logits = self.discriminator(feats.detach())
-        loss = F.cross_entropy(logits, groups.long())
-        self.disc_optimizer.zero_grad(set_to_none=True); loss.backward(); self.disc_optimizer.step()
-    return loss.item(), (logits.argmax(1) == groups).float().mean().item()
-
-@patch
-def regularizer(self:FairFeatures, feats:torch.Tensor, groups:torch.Tensor):
-    "The mean fixed-class regulariser over the images `adversary_on` names."
-    reg = fixed_class_regularizer(self.discriminator(feats), self.target)
-    if self.adversary_on == 'penalized': reg = reg[groups == self.penalized]
-    return reg.mean() if len(reg) else reg.sum()   # a batch without the penalised group: 0
-
-@patch
-def __call__(self:FairFeatures, out:BatchOut, holdout:BatchOut|None=None):
-    if self.discriminator is None: raise RuntimeError('fair_features: call setup(criterion) first (fit does).')
-    d_loss, d_acc = self.step_discriminator(out.logits, out.groups)
-    pen = self.regularizer(out.logits, out.groups)
-    self.logs = {'penalty': pen.item(), 'disc_loss': d_loss, 'disc_acc': d_acc}
-    return out.losses.mean() + self.alpha * pen
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        if self.discriminator is None: raise RuntimeError('fair_features: call setup(criterion) first (fit does).')
+        d_loss, d_acc = self.step_discriminator(out.logits, out.groups)
+        pen = self.regularizer(out.logits, out.groups)
+        self.logs = {'penalty': pen.item(), 'disc_loss': d_loss, 'disc_acc': d_acc}
+        return out.losses.mean() + self.alpha * pen

@@ -4,24 +4,22 @@
 
 # %% ../nbs/13_sweep.ipynb #5ee90003
 from __future__ import annotations
-import argparse, ctypes, os, signal, subprocess, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import argparse, signal, subprocess, sys, threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 from tqdm.auto import tqdm
 
 import fairnb
 from .core import parse_value, read_json
 from .experiments import PROBLEMS
 from .tables import TABLES, Job, _same, get_table, table_jobs
+from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0
-__all__ = ['GPU_PRESETS', 'notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'slot_env',
-           'default_jobs', 'stop_tree', 'run_job', 'Outcome', 'job_error', 'LocalBackend', 'RayBackend', 'plan',
-           'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
+__all__ = ['notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'Outcome', 'job_error',
+           'plan', 'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
 
 # %% ../nbs/13_sweep.ipynb #5ee90006
 def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: the repository's nbs/
@@ -70,52 +68,6 @@ def check_finished(out:Path, job:Job):
     if diff: raise ValueError(f'{Path(out)/job.folder} holds a finished run with other values {theirs} '
                               f'(this sweep: {ours}). Sweep into another --out folder.')
 
-# %% ../nbs/13_sweep.ipynb #5ee90015
-def slot_env(slot:int, jobs:int, gpus:int, cpus:int|None=None, # slot in range(jobs); visible GPUs; cores
-             threads:int|None=None): # threads per run; None: the cores shared out
-    "Environment variables of the run in `slot`: its GPU (of those this process sees), or its share of the cores."
-    if gpus:
-        seen = os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',')
-        return {'CUDA_VISIBLE_DEVICES': seen[slot % len(seen)] if seen != [''] else str(slot % gpus)}
-    shared = max(1, (cpus or os.cpu_count() or 1) // jobs)
-    return {'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': str(threads or shared)}
-
-def default_jobs(gpus:int): return max(1, gpus)
-
-# %% ../nbs/13_sweep.ipynb #5ee90018
-try: _LIBC = ctypes.CDLL('libc.so.6', use_errno=True) if sys.platform == 'linux' else None
-except OSError: _LIBC = None
-
-def _die_with_parent():
-    "In the child, before exec: ask Linux to send SIGTERM when the parent dies (libc loaded beforehand)."
-    _LIBC.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-
-def _gone(p:psutil.Process):
-    try: return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess: return True
-
-def stop_tree(pid:int, grace:float=10.0):
-    "End a process and all its descendants: SIGTERM, then SIGKILL whatever is left after `grace` seconds."
-    try: procs = [psutil.Process(pid)]; procs += procs[0].children(recursive=True)
-    except psutil.NoSuchProcess: return
-    for p in procs:
-        try: p.terminate()
-        except psutil.NoSuchProcess: pass
-    deadline = time.time() + grace   # wait without reaping: the process's owner collects its exit status
-    while time.time() < deadline and not all(map(_gone, procs)): time.sleep(0.1)
-    for p in procs:
-        try: p.kill() if not _gone(p) else None
-        except psutil.NoSuchProcess: pass
-
-def run_job(args:list, log:Path, env:dict, on_start=None): # papermill args; where output goes; env updates
-    "Run `python args` to its end, output to `log`; returns the exit status."
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, 'ab') as f:
-        p = subprocess.Popen([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                             start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None)
-        if on_start: on_start(p)
-        return p.wait()
-
 # %% ../nbs/13_sweep.ipynb #5ee90021
 @dataclass
 class Outcome:
@@ -132,94 +84,6 @@ def job_error(out:Path, job:Job, rc:int):
     log = d/'papermill.log'
     tail = log.read_text(errors='replace').strip().splitlines()[-3:] if log.exists() else []
     return f'papermill exited with status {rc}: ' + ' | '.join(tail) + f' (see {log})'
-
-# %% ../nbs/13_sweep.ipynb #5ee90024
-class LocalBackend:
-    "Runs jobs as papermill processes on this machine, `jobs` at a time."
-    def __init__(self, jobs:int|None=None, gpus:int|None=None, threads:int|None=None):
-        import torch
-        self.gpus, self.threads = torch.cuda.device_count() if gpus is None else gpus, threads
-        self.jobs = jobs or default_jobs(self.gpus)
-        if self.jobs < 1: raise ValueError(f'--jobs must be >= 1, got {self.jobs}.')
-        self.stopping, self.procs, self.lock = False, {}, threading.Lock()
-        self.slots = list(range(self.jobs))
-
-    def describe(self):
-        return f'{self.jobs} at a time on ' + (f'{self.gpus} GPU(s), one run per GPU' if self.gpus else
-                                               f'the CPU ({os.cpu_count()} cores shared out)')
-
-    def _run_one(self, args, log, job):
-        with self.lock:
-            if self.stopping: return None
-            slot = self.slots.pop()
-        def started(p):
-            with self.lock: self.procs[job] = p
-            if self.stopping: stop_tree(p.pid)
-        t0 = time.time()
-        env = slot_env(slot, self.jobs, self.gpus, threads=self.threads)
-        try: return run_job(args, log, env, on_start=started), time.time() - t0
-        finally:
-            with self.lock: self.procs.pop(job, None); self.slots.append(slot)
-
-    def submit(self, work:list): # [(job, args, log)]
-        "Start every job; yields (job, exit status or None when stopped before it began, seconds) as they end."
-        pool = ThreadPoolExecutor(self.jobs)
-        futures = {pool.submit(self._run_one, args, log, job): job for job, args, log in work}
-        try:
-            for f in as_completed(futures): yield futures[f], *(f.result() or (None, 0.0))
-        except BaseException: self.stop(); raise    # Ctrl-C in a notebook, or the caller gave up: end the runs
-        finally: pool.shutdown(wait=True, cancel_futures=True)
-
-    def stop(self):
-        "End the running process trees; jobs not yet started will not start."
-        with self.lock: self.stopping = True; procs = list(self.procs.values())
-        for p in procs: stop_tree(p.pid)
-
-# %% ../nbs/13_sweep.ipynb #5ee90028
-GPU_PRESETS = ('paper',)
-
-def _ray_task(args:list, log:str, env:dict):
-    "On a Ray worker: run one papermill command with that worker's Python; returns (exit status, seconds)."
-    t0 = time.time()
-    return run_job(args, Path(log), env), time.time() - t0
-
-class RayBackend:
-    "Runs jobs as Ray tasks on an existing cluster: one CPU each, or one GPU for GPU presets."
-    def __init__(self, address:str, preset:str, threads:int|None=None): # threads: CPUs per run (default 1)
-        try: import ray
-        except ImportError: raise ImportError('the Ray backend needs Ray: pip install "fairnb[ray]" '
-                                              '(or pip install ray).') from None
-        self.ray, self.address = ray, address
-        self.gpu, self.threads = preset in GPU_PRESETS, threads or 1
-        ray.init(address=address, log_to_driver=False, logging_level='ERROR')
-        self.jobs = int(ray.cluster_resources().get('GPU' if self.gpu else 'CPU', 0))
-        self.refs, self.stopping = {}, False
-        if not self.jobs: raise ValueError(f'the Ray cluster at {address} has no ' + ('GPU' if self.gpu else 'CPU')
-                                           + f'; the {preset} preset asks for one per run.')
-
-    def describe(self): return f'Ray at {self.address}: {self.jobs} ' + ('GPU' if self.gpu else 'CPU') + ' slot(s)'
-
-    def submit(self, work:list):
-        "Submit every job; yields (job, exit status or None when cancelled, seconds) as they end."
-        res = dict(num_gpus=1, num_cpus=self.threads) if self.gpu else dict(num_cpus=self.threads)
-        env = {'OMP_NUM_THREADS': str(self.threads)} | ({} if self.gpu else {'CUDA_VISIBLE_DEVICES': ''})
-        task = self.ray.remote(**res)(_ray_task)
-        for job, args, log in work:       # refs are kept as they are made, so that a stop cancels all that began
-            if self.stopping: yield job, None, 0.0; continue
-            self.refs[task.remote(args, str(log), env)] = job
-        pending = list(self.refs)
-        try:
-            while pending:
-                done, pending = self.ray.wait(pending, num_returns=1)
-                try: yield self.refs[done[0]], *self.ray.get(done[0])
-                except self.ray.exceptions.RayError:    # cancelled, or the worker or its node died: stopped or failed
-                    yield self.refs[done[0]], None if self.stopping else -1, 0.0
-        finally: self.ray.shutdown()
-
-    def stop(self):
-        "Cancel every task: running ones are killed (their papermill dies with its worker)."
-        self.stopping = True
-        for ref in list(self.refs): self.ray.cancel(ref, force=True)
 
 # %% ../nbs/13_sweep.ipynb #5ee90031
 def plan(table:str, preset:str, seeds:int, out:Path, overrides:dict|None=None, nbs:Path|None=None):

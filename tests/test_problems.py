@@ -80,7 +80,7 @@ LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # 
           ('run',),                                                               # the run API
           ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'experiments'),      # experiments
           ('tables', 'findings'),                                                 # results
-          ('sweep', 'launch')]                                                    # top: the command lines
+          ('backends', 'sweep', 'launch')]                                        # top: the command lines
 
 
 def test_no_import_circle_and_none_upwards():
