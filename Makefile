@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export FAIRNB_CACHE ?= $(CURDIR)/.cache/fairnb
 
-.PHONY: demo test system export sync nbtest pytest bench clean
+.PHONY: demo test test-fast system export sync nbtest pytest pytest-fast bench clean
 
 $(VENV)/.installed: setup.py settings.ini
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(VENV)/.installed
 	@echo "results: reports/chexpert_minmax/results.json (config.json, history.csv and model.pt beside it)"
 
 test: system sync nbtest pytest
+
+# The edit loop: the sync check, every library notebook's tests, and the tests not marked slow (about 2 minutes).
+test-fast: sync nbtest pytest-fast
 
 # System packages from Debian's registry: headless Chromium, which the report tests open the HTML tables in.
 system:
@@ -40,8 +43,12 @@ sync: $(VENV)/.installed
 nbtest: $(VENV)/.installed
 	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^(run_|tables|audit|findings)'
 
+# Every test, on two workers (one test file each at a time: a file's module fixtures are made once).
 pytest: $(VENV)/.installed
-	timeout 3600 $(BIN)/pytest -q tests
+	timeout 3600 $(BIN)/pytest -q -n 2 --dist loadfile tests
+
+pytest-fast: $(VENV)/.installed
+	timeout 900 $(BIN)/pytest -q -m "not slow" tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_train.py

@@ -30,6 +30,13 @@ def run_notebook(name, dest, **params):
                                kernel_name='python3', start_timeout=300, iopub_timeout=120, execution_timeout=1800)
 
 
+def launch(problem, out, **params):
+    """Run an experiment in this process, as `python -m fairnb.launch` does (no kernel): for tests that need a finished
+    run, not the notebook. Returns the path of its results.json."""
+    from fairnb.launch import run_experiment
+    return run_experiment(problem, {'preset': 'smoke', 'out_dir': str(out), **params})
+
+
 def stream_outputs(notebook, name=None):
     "The text of every stream output of an executed notebook (name: 'stdout' or 'stderr'; None: both)."
     import nbformat

@@ -8,7 +8,7 @@ import pytest
 import torch
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import refused_by_start_run, run_notebook
+from conftest import launch, refused_by_start_run, run_notebook
 from fairnb.results import read_results
 from fairnb.tables import sirn_table
 
@@ -30,7 +30,7 @@ def on_backbone(own, tmp_path_factory):
     for name, params in {'a0_male': dict(alpha=0.0, penalized_group='male'), 'a0_female': dict(alpha=0.0, penalized_group='female'),
                          'a3_male': dict(alpha=3.0, penalized_group='male')}.items():
         d = tmp_path_factory.mktemp(f'ff_{name}')
-        run_notebook('run_fair_features.ipynb', d, **SMOKE, **params, backbone_checkpoint=str(own / 'run'), out_dir=str(d / 'run'))
+        launch('fair_features', d / 'run', **params, backbone_checkpoint=str(own / 'run'))   # the notebook: `own`
         out[name] = d / 'run'
     return out
 
