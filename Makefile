@@ -43,9 +43,10 @@ sync: $(VENV)/.installed
 nbtest: $(VENV)/.installed
 	timeout 1200 $(BIN)/nbdev_test --n_workers 0 --skip_file_re '^(run_|tables|audit|findings)'
 
-# Every test, on two workers (one test file each at a time: a file's module fixtures are made once).
+# Every test, on two workers of one thread each (one test file each at a time: a file's module fixtures are made
+# once); the notebooks the tests execute inherit the one thread, so a run in a test and in a notebook compare exactly.
 pytest: $(VENV)/.installed
-	timeout 3600 $(BIN)/pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 timeout 3600 $(BIN)/pytest -q -n 2 --dist loadfile tests
 
 pytest-fast: $(VENV)/.installed
 	timeout 900 $(BIN)/pytest -q -m "not slow" tests

@@ -11,7 +11,14 @@ from fairnb.models import CosFace
 from fairnb.schemes import get_scheme
 from fairnb.train import fit
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "Tiny tensors train faster on one thread; set for this module only (a run's numbers depend on its thread count)."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 # ---------------------------------------------------------------- 1. training under a scheme lowers what it targets
 
