@@ -18,7 +18,7 @@ from .losses import pos_weights, weighted_bce
 from .models import create_model
 from .evaluate import predict, split_evaluator, split_rows
 from .results import write_predictions
-from .run import Data, Model, Param, Problem, Run, split_shares
+from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0
 __all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'chexpert_data', 'chexpert_model', 'train_chexpert',
@@ -113,13 +113,7 @@ CHEXPERT_PARAMS = dict(
     sensitive=Param('sex', str, "attribute the scheme acts on and the tables compare: 'sex' or 'age_group'"),
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of patients behind each 95% interval; 0: no intervals'),
-    device=Param('auto', str, "'auto', 'cpu' or 'cuda'"),
-    precision=Param(None, (str, None), "'fp32' or 'bf16' (autocast, GPU); None: the preset's (paper: bf16)"),
-    channels_last=Param(None, (bool, None), "convolutions in channels-last memory; None: the preset's (paper: True)"),
-    compile_model=Param(None, (bool, None), "torch.compile the network; None: the preset's (paper: True)"),
-    num_workers=Param(None, (int, None), "DataLoader worker processes; None: the preset's"),
-    on_bad_image=Param('stop', str,
-                       "a missing or corrupt image: 'stop', or 'skip' it (the count goes to results.json)"),
+    **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/chexpert_<scheme>'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),
     resume=Param(False, bool, 'continue an interrupted run from out_dir/checkpoint.pt'),

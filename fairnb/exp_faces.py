@@ -17,12 +17,12 @@ from .schemes import Scheme
 from .evaluate import face_evaluator, face_outcomes, face_rows, predict
 from .audit import race_audit
 from .results import write_predictions
-from .run import Data, Model, Param, Problem, Run, split_shares
+from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0
-__all__ = ['BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACES_PARAMS', 'FACES', 'face_data', 'margin_head', 'face_model',
-           'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows', 'check_female_share',
-           'check_faces', 'faces_flow']
+__all__ = ['BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS', 'FACES_PARAMS', 'FACES', 'face_data',
+           'margin_head', 'face_model', 'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows',
+           'check_female_share', 'check_faces', 'faces_flow']
 
 # %% ../nbs/11b_exp_faces.ipynb #ef000006
 def face_data(run:Run):
@@ -109,6 +109,15 @@ def faces_flow(run:Run):
 # %% ../nbs/11b_exp_faces.ipynb #ef000010
 FACE_INTS, FACE_POSITIVE = ('epochs', 'batch_size', 'img_size', 'emb_size'), ('lr', 's')
 
+FACE_DATA_PARAMS = dict(   # the face data's parameters, shared with fair features
+    backbone=Param(None, (str, None), "'face_cnn', 'resnet18' or 'resnet152'; None: the preset's"),
+    data_dir=Param(None, (str, None), 'celeba folder (torchvision layout); None: the built-in synthetic CelebA'),
+    female_share=Param(None, (float, None), 'synthetic CelebA only: share of women among its identities; None: 0.5'),
+    n_test_ids=Param(None, (int, None),
+                     "identities held out for test; None: the preset's (paper: 1000, or 10% if synthetic)"),
+    preset=Param('cpu', str, "'smoke' (seconds), 'cpu' (minutes on 2 cores), 'paper' (Appendix A.2, GPU)"),
+)
+
 FACES_PARAMS = dict(
     scheme=Param('baseline', str, "'baseline', 'eq_loss', 'minmax', 'label_flip' or 'margins'"),
     alpha=Param(None, (float, None), 'eq_loss: weight of the equal-loss penalty; None: 1.0'),
@@ -119,12 +128,7 @@ FACES_PARAMS = dict(
     flip_rate=Param(None, (float, None), "label_flip: share of that group's training images relabelled; None: 0.3"),
     margin=Param(None, (float, None), 'margins: CosFace margin of margin_group (the others keep m); None: 0.75'),
     margin_group=Param(None, (str, None), "margins: the up-weighted group; None: 'female'"),
-    backbone=Param(None, (str, None), "'face_cnn', 'resnet18' or 'resnet152'; None: the preset's"),
-    data_dir=Param(None, (str, None), 'celeba folder (torchvision layout); None: the built-in synthetic CelebA'),
-    female_share=Param(None, (float, None), 'synthetic CelebA only: share of women among its identities; None: 0.5'),
-    n_test_ids=Param(None, (int, None),
-                     "identities held out for test; None: the preset's (paper: 1000, or 10% if synthetic)"),
-    preset=Param('cpu', str, "'smoke' (seconds), 'cpu' (minutes on 2 cores), 'paper' (Appendix A.2, GPU)"),
+    **FACE_DATA_PARAMS,
     epochs=Param(None, (int, None), "None: the preset's"),
     batch_size=Param(None, (int, None), "None: the preset's"),
     lr=Param(None, (float, None), "SGD learning rate; None: the preset's"),
@@ -136,13 +140,7 @@ FACES_PARAMS = dict(
     bootstrap=Param(1000, int, 'resamples of identities behind each 95% interval; 0: no intervals'),
     bupt_dir=Param(None, (str, None),
                    'BUPT-Balancedface folder (audit by race); None: synthetic, with synthetic faces'),
-    device=Param('auto', str, "'auto', 'cpu' or 'cuda'"),
-    precision=Param(None, (str, None), "'fp32' or 'bf16' (autocast, GPU); None: the preset's (paper: bf16)"),
-    channels_last=Param(None, (bool, None), "convolutions in channels-last memory; None: the preset's (paper: True)"),
-    compile_model=Param(None, (bool, None), "torch.compile the network; None: the preset's (paper: True)"),
-    num_workers=Param(None, (int, None), "DataLoader worker processes; None: the preset's"),
-    on_bad_image=Param('stop', str,
-                       "a missing or corrupt image: 'stop', or 'skip' it (the count goes to results.json)"),
+    **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/facerec_<scheme>'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),
     resume=Param(False, bool, 'continue an interrupted run from out_dir/checkpoint.pt'),

@@ -16,8 +16,9 @@ from .models import SIRN, load_weights
 from .schemes import Scheme, get_scheme
 from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
                              face_evaluator, probe_sensitive)
-from .run import Data, Model, Param, Problem, Run
-from .exp_faces import FACE_INTS, FACE_POSITIVE, check_faces, face_data, face_model, margin_head, train_face_model
+from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run
+from .exp_faces import (FACE_DATA_PARAMS, FACE_INTS, FACE_POSITIVE, check_faces, face_data, face_model,
+                              margin_head, train_face_model)
 
 # %% auto #0
 __all__ = ['FAIR_FEATURES_PARAMS', 'FAIR_FEATURES', 'face_backbone', 'Game', 'sirn_game', 'evaluate_fair_features',
@@ -107,12 +108,7 @@ FAIR_FEATURES_PARAMS = dict(
                               'folder of a finished run_facerec run whose model to freeze; None: train one'),
     sirn_epochs=Param(None, (int, None), "epochs of the game; None: the preset's"),
     sirn_lr=Param(None, (float, None), "Adam rate of the SIRN and its head; None: the preset's"),
-    backbone=Param(None, (str, None), "'face_cnn', 'resnet18' or 'resnet152'; None: the preset's"),
-    data_dir=Param(None, (str, None), 'celeba folder (torchvision layout); None: the built-in synthetic CelebA'),
-    female_share=Param(None, (float, None), 'synthetic CelebA only: share of women among its identities; None: 0.5'),
-    n_test_ids=Param(None, (int, None),
-                     "identities held out for test; None: the preset's (paper: 1000, or 10% if synthetic)"),
-    preset=Param('cpu', str, "'smoke' (seconds), 'cpu' (minutes on 2 cores), 'paper' (Appendix A.2, GPU)"),
+    **FACE_DATA_PARAMS,
     epochs=Param(None, (int, None), "backbone epochs when trained here; None: the preset's"),
     batch_size=Param(None, (int, None), "None: the preset's"),
     lr=Param(None, (float, None), "SGD learning rate of the backbone; None: the preset's"),
@@ -121,13 +117,7 @@ FAIR_FEATURES_PARAMS = dict(
     m=Param(None, (float, None), "CosFace margin; None: the preset's (0.35)"),
     sensitive=Param('sex', str, 'the attribute the SIRN removes (two groups)'),
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the discriminator'),
-    device=Param('auto', str, "'auto', 'cpu' or 'cuda'"),
-    precision=Param(None, (str, None), "'fp32' or 'bf16' (autocast, GPU); None: the preset's (paper: bf16)"),
-    channels_last=Param(None, (bool, None), "convolutions in channels-last memory; None: the preset's (paper: True)"),
-    compile_model=Param(None, (bool, None), "torch.compile the network; None: the preset's (paper: True)"),
-    num_workers=Param(None, (int, None), "DataLoader worker processes; None: the preset's"),
-    on_bad_image=Param('stop', str,
-                       "a missing or corrupt image: 'stop', or 'skip' it (the count goes to results.json)"),
+    **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/fair_features'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),
     resume=Param(False, bool, 'continue an interrupted run from its checkpoints'),

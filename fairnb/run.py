@@ -27,8 +27,8 @@ from .train import PRECISIONS, fit, speed_up
 from .results import write_results
 
 # %% auto #0
-__all__ = ['PRESET_TYPES', 'Param', 'Problem', 'check_bootstrap', 'resolve_config', 'Model', 'Run', 'watch_failures',
-           'unwatch_failures', 'start_run', 'Data', 'split_shares']
+__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'check_bootstrap', 'resolve_config', 'Model', 'Run',
+           'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -75,6 +75,16 @@ class Problem:
         return self.defaults() | params
 
 # %% ../nbs/11_run.ipynb #a11c0008
+RUNTIME_PARAMS = dict(   # how a run runs, the same in every experiment (`Problem.params` takes them with **)
+    device=Param('auto', str, "'auto', 'cpu' or 'cuda'"),
+    precision=Param(None, (str, None), "'fp32' or 'bf16' (autocast, GPU); None: the preset's (paper: bf16)"),
+    channels_last=Param(None, (bool, None), "convolutions in channels-last memory; None: the preset's (paper: True)"),
+    compile_model=Param(None, (bool, None), "torch.compile the network; None: the preset's (paper: True)"),
+    num_workers=Param(None, (int, None), "DataLoader worker processes; None: the preset's"),
+    on_bad_image=Param('stop', str,
+                       "a missing or corrupt image: 'stop', or 'skip' it (the count goes to results.json)"),
+)
+
 PRESET_TYPES = {'preload': bool, 'width': (int, None), 'milestones': list, 'train_share': float, 'augment': bool,
                 's': float, 'lr_gamma': float}
 
