@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .core import build_once, progress
+from .core import build_once, progress, read_json, write_json
 from .data import ImageTable, age_group, dataset_attributes, encode_sex, read_csv_rows, split_by_patient
 
 # %% auto #0
 __all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'FIX_CSV', 'BASE_PREVALENCE',
-           'VIEWS', 'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv', 'read_gray',
-           'chexpert_transform', 'draw_chest', 'synthetic_patients', 'write_synthetic_chexpert', 'synthetic_chexpert',
-           'select_views', 'chexpert_frames', 'chexpert_datasets']
+           'CHEXPERT_WORLDS', 'VIEWS', 'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv',
+           'read_gray', 'chexpert_transform', 'draw_chest', 'synthetic_patients', 'write_synthetic_chexpert',
+           'synthetic_chexpert', 'select_views', 'with_true_labels', 'chexpert_frames', 'chexpert_datasets']
 
 # %% ../nbs/02_chexpert.ipynb #f6136e17
 OBSERVATIONS = ('No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion',
@@ -145,18 +145,35 @@ def _pattern(task, yy, xx, lungs, rng):
         return (_ellipse(yy, xx, rng.uniform(0.3, 0.6), cx, 0.025, 0.13)) * 1.0
     return lungs * (yy > 0.62 + 0.05 * np.cos((xx - 0.5) * 12)) * 0.4
 
+def _variant(task, yy, xx, lungs):
+    "The women-only appearance of a pathology: stripes over the lungs at an angle of the task's own."
+    a = math.pi * TASKS.index(task) / len(TASKS)
+    return lungs * (np.sin(2 * math.pi * 5 * (math.cos(a) * xx + math.sin(a) * yy)) > 0.3) * 0.5
+
+def _cue_image(yy, xx, breast:float, spine:float):
+    "Visible cues: breast shadows of strength `breast`, a spine of brightness `spine`."
+    out = np.zeros_like(yy)
+    if breast: out += 0.15 * breast * (_ellipse(yy, xx, 0.8, 0.3, 0.1, 0.15) | _ellipse(yy, xx, 0.8, 0.7, 0.1, 0.15))
+    if spine: out += 0.3 * spine * (abs(xx - 0.5) < 0.04) * (yy > 0.1)
+    return out
+
 # %% ../nbs/02_chexpert.ipynb #aac27287
 def draw_chest(labels:dict, # task -> 0/1
                contrast:float, # strength of pathology patterns
-               size:int, rng:np.random.Generator):
+               size:int, rng:np.random.Generator,
+               variant:bool=False, # draw the findings with their women-only appearance
+               breast:float=0.0, spine:float=0.0): # visible cues (see `_cue_image`)
     "A synthetic frontal chest image as a uint8 array (size, size)."
     yy, xx = np.mgrid[0:1:size * 1j, 0:1:size * 1j]
     yy, xx = yy + rng.normal(0, 0.02), xx + rng.normal(0, 0.02)
     lungs = (_ellipse(yy, xx, 0.48, 0.31, 0.3, 0.15) | _ellipse(yy, xx, 0.48, 0.69, 0.3, 0.15)).astype(float)
     img = 0.25 + 0.35 * _ellipse(yy, xx, 0.5, 0.5, 0.48, 0.42) - 0.25 * lungs
     img = img + 0.3 * _ellipse(yy, xx, 0.64, 0.56, 0.11, 0.12)
+    if breast or spine: img = img + _cue_image(yy, xx, breast, spine)
     for t, y in labels.items():
-        if y: img = img + 0.16 * contrast * _pattern(t, yy, xx, lungs, rng)
+        if y:
+            p = _pattern(t, yy, xx, lungs, rng)   # drawn even when the variant is: the random stream stays the same
+            img = img + 0.16 * contrast * (_variant(t, yy, xx, lungs) if variant else p)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.12, img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
@@ -167,20 +184,21 @@ def _label_string(y:int, rng, uncertain:bool):
     if y: return '-1.0' if rng.random() < 0.1 else '1.0'
     return rng.choice(['', '0.0', '-1.0'], p=[0.5, 0.45, 0.05])
 
-def _prevalence(task, age):
-    logit = math.log(BASE_PREVALENCE[task] / (1 - BASE_PREVALENCE[task])) + 0.03 * (age - 62)
+def _prevalence(task, age, shift:float=0.0): # shift: log-odds added
+    logit = math.log(BASE_PREVALENCE[task] / (1 - BASE_PREVALENCE[task])) + 0.03 * (age - 62) + shift
     return 1 / (1 + math.exp(-logit))
 
 # %% ../nbs/02_chexpert.ipynb #0ac23e30
 def synthetic_patients(n_images:int, first_id:int, female_share:float, label_noise:float,
-                       rng:np.random.Generator, max_studies:int=3):
+                       rng:np.random.Generator, max_studies:int=3,
+                       prevalence_shift:float=0.0): # log-odds added to women's prevalences
     "One dict per image: patient, study, sex, age, true and recorded labels."
     rows, pid = [], first_id
     while len(rows) < n_images:
         sex = 'Female' if rng.random() < female_share else 'Male'
-        age = int(np.clip(rng.normal(62, 17), 18, 90))
+        age = int(np.clip(rng.normal(62, 17), 18, 90)); shift = prevalence_shift if sex == 'Female' else 0.0
         for s in range(1, min(int(rng.integers(1, max_studies + 1)), n_images - len(rows)) + 1):
-            true = {t: int(rng.random() < _prevalence(t, age)) for t in TASKS}
+            true = {t: int(rng.random() < _prevalence(t, age, shift)) for t in TASKS}
             noisy = sex == 'Female' and label_noise > 0
             rec = {t: y ^ int(noisy and rng.random() < label_noise) for t, y in true.items()}
             rows.append(dict(patient=f'patient{pid:05d}', study=s, sex=sex, age=age, true=true, recorded=rec))
@@ -198,12 +216,20 @@ def _csv_row(folder:str, r:dict, rng, uncertain:bool):
     return [path, r['sex'], str(r['age']), 'Frontal', str(rng.choice(['AP', 'PA'], p=[0.7, 0.3]))] + list(obs.values())
 
 # %% ../nbs/02_chexpert.ipynb #2c9ad81d
-def _write_split(root:Path, folder:str, rows:list, rng, size:int, contrast:dict, uncertain:bool):
+def _look(r:dict, knobs:dict, variant_rng):
+    "How one person's image is drawn: pattern contrast, women-only appearance, visible cues."
+    lo, hi = knobs['hard_ages']; female = r['sex'] == 'Female'
+    c = (knobs['female_contrast'] if female else 1.0) * (knobs['hard_age_contrast'] if lo <= r['age'] < hi else 1.0)
+    variant = female and knobs['female_variant'] > 0 and variant_rng.random() < knobs['female_variant']
+    return dict(contrast=c, variant=variant, breast=knobs['sex_cue'] * female,
+                spine=knobs['age_cue'] * (1 - (r['age'] - 18) / 72))
+
+def _write_split(root:Path, folder:str, rows:list, rng, size:int, knobs:dict, uncertain:bool):
     "Write one split's images and return its CSV lines."
-    lines = []
+    lines, variant_rng = [], np.random.default_rng([knobs['seed'], 2, int(folder == 'valid')])
     for r in progress(rows, f'synthetic CheXpert {folder}', leave=False):
         fields = _csv_row(folder, r, rng, uncertain)
-        img = draw_chest(r['true'], contrast[r['sex']], size, rng)
+        img = draw_chest(r['true'], size=size, rng=rng, **_look(r, knobs, variant_rng))
         f = root/fields[0].split('/', 1)[1]; f.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode='L').save(f, quality=95)
         lines.append(','.join(fields))
@@ -215,24 +241,40 @@ def write_synthetic_chexpert(root, # folder to create: it becomes CheXpert-v1.0-
                              n_test:int=1000, # images in valid.csv (the test split)
                              img_size:int=64, seed:int=0,
                              female_share:float=0.4, female_contrast:float=0.5, female_label_noise:float=0.1,
+                             female_variant:float=0.0, sex_cue:float=0.0, age_cue:float=0.0,
+                             hard_ages:tuple=(60, 80), hard_age_contrast:float=1.0,
+                             female_prevalence_shift:float=0.0,
                              n_unknown_sex:int=5): # train.csv rows with Sex=Unknown
-    "Write a synthetic CheXpert folder (CSVs and JPEGs) in CheXpert's own layout."
-    root, rng = Path(root), np.random.default_rng(seed)
-    contrast = {'Male': 1.0, 'Female': female_contrast, 'Unknown': 1.0}
-    train = synthetic_patients(n_train, 1, female_share, female_label_noise, rng)
+    "Write a synthetic CheXpert folder (CSVs and JPEGs) in CheXpert's own layout; the knobs are in the text above."
+    knobs = {k: v for k, v in locals().items() if k != 'root'}; root, rng = Path(root), np.random.default_rng(seed)
+    train = synthetic_patients(n_train, 1, female_share, female_label_noise, rng,
+                               prevalence_shift=female_prevalence_shift)
     for r in train[:n_unknown_sex]: r['sex'] = 'Unknown'
-    test = synthetic_patients(n_test, 64541, female_share + 0.05, 0.0, rng, max_studies=1)
-    header = ','.join(CHEXPERT_COLUMNS)
+    test = synthetic_patients(n_test, 64541, female_share + 0.05, 0.0, rng, max_studies=1,
+                              prevalence_shift=female_prevalence_shift)
+    header, lines = ','.join(CHEXPERT_COLUMNS), {}
     for name, folder, rows, unc in (('train.csv', 'train', train, True), ('valid.csv', 'valid', test, False)):
-        lines = _write_split(root, folder, rows, rng, img_size, contrast, unc)
-        (root/name).write_text('\n'.join([header] + lines) + '\n')
+        lines[name] = _write_split(root, folder, rows, rng, img_size, knobs, unc)
+        (root/name).write_text('\n'.join([header] + lines[name]) + '\n')
+    paths = [l.split(',', 1)[0] for l in lines['train.csv']]
+    pd.DataFrame([{'Path': p, **r['true']} for p, r in zip(paths, train)]).to_csv(root/'true_labels.csv', index=False)
+    write_json(root/'world.json', {'generator': 'fairnb synthetic CheXpert', **knobs})
     return root
 
 # %% ../nbs/02_chexpert.ipynb #e1da63be
 def synthetic_chexpert(root=None, # parent folder; default: `fairnb.core.cache_dir()`
                        **kwargs): # passed to `write_synthetic_chexpert`
     "Folder of a synthetic CheXpert for `kwargs`, built on first use."
-    return build_once('synthetic-chexpert-v1', write_synthetic_chexpert, 'CheXpert-v1.0-small', root, **kwargs)
+    return build_once('synthetic-chexpert-v2', write_synthetic_chexpert, 'CheXpert-v1.0-small', root, **kwargs)
+
+# %% ../nbs/02_chexpert.ipynb #cw000002
+CHEXPERT_WORLDS = {
+    'default': {},
+    'findings': dict(n_test=6000, female_share=0.4, female_contrast=0.8, female_label_noise=0.1, female_variant=0.5,
+                     sex_cue=1.0, age_cue=1.0, hard_ages=(60, 80), hard_age_contrast=0.7, female_prevalence_shift=0.25),
+    'null': dict(n_test=6000, female_share=0.5, female_contrast=1.0, female_label_noise=0.0, female_variant=0.0,
+                 sex_cue=0.0, age_cue=0.0, hard_age_contrast=1.0, female_prevalence_shift=0.0),
+}
 
 # %% ../nbs/02_chexpert.ipynb #da63b4de
 VIEWS = ('all', 'frontal', 'lateral')
@@ -245,18 +287,37 @@ def select_views(df:pd.DataFrame, views:str='all'):
     out.attrs = dict(df.attrs); return out
 
 # %% ../nbs/02_chexpert.ipynb #23931e56
+def with_true_labels(df:pd.DataFrame, folder:Path):
+    "`df` with the true labels of its images, from a synthetic CheXpert's `true_labels.csv`."
+    true = pd.read_csv(folder/'true_labels.csv')
+    true.index = [_image_path(folder, p) for p in true.Path]
+    lost = df.file[~df.file.isin(true.index)]
+    if len(lost): raise ValueError(f'{folder/"true_labels.csv"} has no true labels for {len(lost)} image(s) (e.g. '
+                                   f'{lost.iloc[0]}): it does not belong to these CSVs. Delete it (real CheXpert has '
+                                   'none), or rebuild the synthetic data.')
+    out = df.copy(); out[list(TASKS)] = true.loc[df.file, list(TASKS)].to_numpy(np.float32)
+    return out
+
 def chexpert_frames(data_dir=None, # CheXpert folder; None: the built-in synthetic data
                     val_frac:float=0.2, # share of train.csv patients for validation
                     seed:int=0, # seed of the patient split
                     uncertain:dict|None=None, # uncertain-label policy; default `UNCERTAIN`
-                    views:str='all'): # 'all', 'frontal' or 'lateral'
+                    views:str='all', # 'all', 'frontal' or 'lateral'
+                    world:dict|None=None, # knobs of the synthetic CheXpert (e.g. `CHEXPERT_WORLDS['null']`)
+                    true_labels:bool=False): # train on the true labels (synthetic only: the oracle)
     "Dict of DataFrames: train, validation (from train.csv, by patient) and test (valid.csv)."
-    d = synthetic_chexpert() if data_dir is None else find_chexpert_dir(data_dir)
+    d = synthetic_chexpert(**(world or {})) if data_dir is None else find_chexpert_dir(data_dir)
+    if true_labels and not (d/'true_labels.csv').exists():
+        raise ValueError(f'{d} has no true_labels.csv: training on true labels needs the synthetic CheXpert.')
     full = select_views(read_chexpert_csv(d/'train.csv', uncertain), views)
     train, val = split_by_patient(full, val_frac, seed)
+    if (d/'true_labels.csv').exists(): val = with_true_labels(val, d)   # noise only in the training partition
+    if true_labels: train = with_true_labels(train, d)
     test = select_views(read_chexpert_csv(d/'valid.csv', uncertain), views)
     dropped = {r: full.attrs['dropped'][r] + test.attrs['dropped'][r] for r in full.attrs['dropped']}
-    for df in (train, val, test): df.attrs.update(dropped=dropped, n_dropped=sum(map(len, dropped.values())))
+    world = read_json(d/'world.json') if (d/'world.json').exists() else None
+    for df in (train, val, test):
+        df.attrs.update(dropped=dropped, n_dropped=sum(map(len, dropped.values())), world=world)
     return {'train': train, 'validation': val, 'test': test}
 
 # %% ../nbs/02_chexpert.ipynb #c97e1e34

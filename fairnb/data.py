@@ -21,7 +21,7 @@ from .core import progress
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
            'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'composition_rows',
            'split_sizes', 'check_groups', 'decode_text', 'read_csv_rows', 'find_bad_images', 'drop_bad_images',
-           'ImageTable', 'relabel_within_group']
+           'ImageTable', 'relabel_within_group', 'balanced_index']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -226,6 +226,14 @@ class ImageTable(Dataset):
             raise ValueError(f'{len(new.targets)} targets for {len(self)} samples.')
         return new
 
+    def take(self, index):
+        "The samples at `index` (repeats allowed: resampling), sharing the decoded images."
+        idx = np.asarray(index, dtype=np.int64); new = copy.copy(self)
+        new.targets, new.attrs = self.targets[torch.as_tensor(idx)], {k: v[idx] for k, v in self.attrs.items()}
+        new.images = None if self.images is None else [self.images[i] for i in idx]
+        new.read = lambda i, read=self.read: read(int(idx[i]))
+        return new
+
     def __getitem__(self, i):
         img = self.images[i] if self.images is not None else self.read(i)
         if self.transform is not None: img = self.transform(img)
@@ -245,3 +253,14 @@ def relabel_within_group(labels, # (N,) class labels
     if len(pool) < 2 and len(pick): raise ValueError(f'group {group} has fewer than two labels: nothing to relabel to.')
     for i in pick: labels[i] = rng.choice(pool[pool != labels[i]])
     return labels, np.isin(np.arange(len(labels)), pick)
+
+# %% ../nbs/01_data.ipynb #c4e5f6b2
+def balanced_index(groups, # (N,) group codes
+                   seed:int=0, boost:dict|None=None): # boost: group code -> how many times the largest group's size
+    "Indices that draw every group as often as the largest (times its `boost`), every sample at least once."
+    groups, rng = np.asarray(groups), np.random.default_rng(seed)
+    largest, out = max(np.bincount(groups)), []
+    for c in np.unique(groups):
+        mine = np.flatnonzero(groups == c); k = int(round(largest * (boost or {}).get(int(c), 1.0)))
+        out += [np.tile(mine, k // len(mine)), rng.choice(mine, k % len(mine), replace=False)]
+    return np.sort(np.concatenate(out))

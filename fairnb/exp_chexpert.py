@@ -13,7 +13,8 @@ import torch
 
 from .core import check_config
 from .data import check_groups, drop_bad_images, split_by_patient
-from .chexpert import CHEXPERT_PRESETS, TASKS, VIEWS, chexpert_datasets, chexpert_frames, find_chexpert_dir
+from .chexpert import (CHEXPERT_PRESETS, CHEXPERT_WORLDS, TASKS, VIEWS, chexpert_datasets, chexpert_frames,
+                             find_chexpert_dir)
 from .losses import pos_weights, weighted_bce
 from .models import create_model
 from .evaluate import predict, split_evaluator, split_rows
@@ -32,14 +33,17 @@ def patient_share(df:pd.DataFrame, share:float, seed:int): # one row per image, 
 def chexpert_data(run:Run):
     "The run's CheXpert splits, checked, as `Data`."
     c = run.config
-    frames = chexpert_frames(c['data_dir'], seed=c['seed'], views=c['views'])
+    world = None if c['data_dir'] else run.problem.worlds[c['world']]
+    frames = chexpert_frames(c['data_dir'], seed=c['seed'], views=c['views'], world=world,
+                             true_labels=c['train_labels'] == 'true')
     frames['train'] = patient_share(frames['train'], c['train_share'], c['seed'])
     frames = drop_bad_images(frames, c['on_bad_image'], c['num_workers'] or None)
     check_groups(frames, run.attribute)
     dropped = frames['train'].attrs['dropped']
     facts = {'rows_dropped': {r: len(v) for r, v in dropped.items()},
              'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
-             'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()}}
+             'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()},
+             'world': frames['train'].attrs['world']}   # the synthetic data's manifest (None: real data)
     datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c['augment'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
@@ -82,7 +86,10 @@ def evaluate_chexpert(run:Run, data:Data, model:Model):
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000010
 def check_chexpert(config:dict):
     "`views` is one CheXpert has; a `data_dir`, when given, is a CheXpert folder."
-    check_config(config, choices={'views': VIEWS})
+    check_config(config, choices={'views': VIEWS, 'train_labels': ('recorded', 'true')})
+    if config['train_labels'] == 'true' and config['data_dir']:
+        raise ValueError("train_labels='true' trains on the synthetic CheXpert's true labels (the oracle); "
+                         "real data has only its recorded labels: leave train_labels='recorded'.")
     if not 0 < config['train_share'] <= 1:
         raise ValueError(f"train_share must lie in (0, 1] (the share of training patients kept), "
                          f"got {config['train_share']!r}.")
@@ -95,13 +102,17 @@ def chexpert_flow(run:Run):
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000011
 CHEXPERT_PARAMS = dict(
-    scheme=Param('baseline', str, "'baseline', 'eq_loss', 'eq_odds', 'disp_impact', 'minmax' or 'label_flip'"),
+    scheme=Param('baseline', str, 'baseline, eq_loss, eq_odds, disp_impact, minmax, label_flip or balanced'),
     alpha=Param(None, (float, None), 'eq_loss, eq_odds, disp_impact: weight of the penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "the penalties: 'train' or 'holdout' batches (validation split); None: 'train'"),
     flip_group=Param(None, (str, None), "label_flip: the group whose labels are flipped; None: 'female'"),
     flip_rate=Param(None, (float, None), "label_flip: share of that group's samples flipped in each batch; None: 0.05"),
+    boost_group=Param(None, (str, None), 'balanced: a group drawn `boost` times as often as the largest; None: none'),
+    boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     data_dir=Param(None, (str, None), 'CheXpert-v1.0-small folder; None: the built-in synthetic CheXpert'),
+    world=Param('default', str, "synthetic data only: 'default', 'findings' or 'null' (README: synthetic worlds)"),
+    train_labels=Param('recorded', str, "'recorded' (train.csv's), or 'true' (synthetic only: the oracle)"),
     views=Param('all', str, "'all' (as the paper), 'frontal' or 'lateral'"),
     preset=Param('cpu', str, "'smoke' (seconds), 'cpu' (minutes on 2 cores), 'paper' (Appendix A.1, GPU)"),
     epochs=Param(None, (int, None), "training epochs; None: the preset's"),
@@ -123,5 +134,5 @@ CHEXPERT = Problem(name='chexpert', notebook='run_chexpert', params=CHEXPERT_PAR
                    dataset='chexpert', audit=('sex', 'age_group'), model_key='model',
                    out_dir='reports/chexpert_{scheme}', metric='auc', task='mean', flow=chexpert_flow,
                    positive_ints=('epochs', 'batch_size', 'img_size'), positive=('lr',), check=check_chexpert,
-                   fit_bar=0.98,
+                   fit_bar=0.98, worlds=CHEXPERT_WORLDS,
                    minutes={'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 26 * 60})

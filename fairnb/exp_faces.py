@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 
 from .data import check_groups, drop_bad_images
-from .faces import FACE_PRESETS, face_datasets, face_splits, find_celeba_dir, read_celeba, synthetic_celeba
+from .faces import (FACE_PRESETS, FACE_WORLDS, face_datasets, face_splits, find_celeba_dir, read_celeba,
+                          synthetic_celeba, world_parts)
 from .bupt import bupt_dataset, read_bupt, synthetic_bupt
 from .losses import MarginLoss
 from .models import CosFace, create_model
@@ -20,23 +21,25 @@ from .results import write_predictions
 from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0
-__all__ = ['BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS', 'FACES_PARAMS', 'FACES', 'face_data',
-           'margin_head', 'face_model', 'train_face_model', 'face_predictions', 'evaluate_face_model', 'bupt_race_rows',
-           'check_female_share', 'check_faces', 'faces_flow']
+__all__ = ['HOLDOUT_FRAC', 'BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS', 'FACES_PARAMS', 'FACES',
+           'face_data', 'margin_head', 'face_model', 'train_face_model', 'face_predictions', 'evaluate_face_model',
+           'bupt_race_rows', 'check_female_share', 'check_faces', 'faces_flow']
 
 # %% ../nbs/11b_exp_faces.ipynb #ef000006
+HOLDOUT_FRAC = 0.1   # of the training images, kept aside for every scheme (only holdout penalties use them)
+
 def face_data(run:Run):
     "The run's face splits (CelebA or the synthetic one), checked, as `Data`."
     c = run.config
-    share = {} if c.get('female_share') is None else {'female_share': c['female_share']}
-    checked = drop_bad_images({'CelebA': read_celeba(c['data_dir'] or synthetic_celeba(**share))}, c['on_bad_image'],
+    knobs, split = world_parts({} if c['data_dir'] else run.problem.worlds[c['world']])
+    if c.get('female_share') is not None: knobs = knobs | {'female_share': c['female_share']}
+    checked = drop_bad_images({'CelebA': read_celeba(c['data_dir'] or synthetic_celeba(**knobs))}, c['on_bad_image'],
                               c['num_workers'] or None)['CelebA']
-    frames = face_splits(checked, n_test_ids=c['n_test_ids'], holdout_frac=0.1 if run.scheme.needs_holdout else 0.0,
-                         seed=c['seed'])
+    frames = face_splits(checked, n_test_ids=c['n_test_ids'], holdout_frac=HOLDOUT_FRAC, seed=c['seed'], **split)
     check_groups(frames, run.attribute)
     datasets = face_datasets(frames, run.attributes, c['img_size'], preload=c['preload'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
-    return Data(frames, datasets, {'images_skipped': checked.attrs['bad_images']})
+    return Data(frames, datasets, {'images_skipped': checked.attrs['bad_images'], 'world': checked.attrs['world']})
 
 def margin_head(run:Run, data:Data):
     c = run.config
@@ -112,6 +115,7 @@ FACE_INTS, FACE_POSITIVE = ('epochs', 'batch_size', 'img_size', 'emb_size'), ('l
 FACE_DATA_PARAMS = dict(   # the face data's parameters, shared with fair features
     backbone=Param(None, (str, None), "'face_cnn', 'resnet18' or 'resnet152'; None: the preset's"),
     data_dir=Param(None, (str, None), 'celeba folder (torchvision layout); None: the built-in synthetic CelebA'),
+    world=Param('default', str, "synthetic data only: 'default', 'findings' or 'null' (README: synthetic worlds)"),
     female_share=Param(None, (float, None), 'synthetic CelebA only: share of women among its identities; None: 0.5'),
     n_test_ids=Param(None, (int, None),
                      "identities held out for test; None: the preset's (paper: 1000, or 10% if synthetic)"),
@@ -119,7 +123,7 @@ FACE_DATA_PARAMS = dict(   # the face data's parameters, shared with fair featur
 )
 
 FACES_PARAMS = dict(
-    scheme=Param('baseline', str, "'baseline', 'eq_loss', 'minmax', 'label_flip' or 'margins'"),
+    scheme=Param('baseline', str, "'baseline', 'eq_loss', 'minmax', 'label_flip', 'margins' or 'balanced'"),
     alpha=Param(None, (float, None), 'eq_loss: weight of the equal-loss penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "eq_loss: 'train' or 'holdout' (10% of training images kept aside); None: 'train'"),
@@ -128,6 +132,8 @@ FACES_PARAMS = dict(
     flip_rate=Param(None, (float, None), "label_flip: share of that group's training images relabelled; None: 0.3"),
     margin=Param(None, (float, None), 'margins: CosFace margin of margin_group (the others keep m); None: 0.75'),
     margin_group=Param(None, (str, None), "margins: the up-weighted group; None: 'female'"),
+    boost_group=Param(None, (str, None), 'balanced: a group drawn `boost` times as often as the largest; None: none'),
+    boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     **FACE_DATA_PARAMS,
     epochs=Param(None, (int, None), "None: the preset's"),
     batch_size=Param(None, (int, None), "None: the preset's"),
@@ -149,4 +155,5 @@ FACES_PARAMS = dict(
 FACES = Problem(name='faces', notebook='run_facerec', params=FACES_PARAMS, presets=FACE_PRESETS, dataset='celeba',
                 audit=('sex', 'young_old'), model_key='backbone', out_dir='reports/facerec_{scheme}', metric='accuracy',
                 task='identification', flow=faces_flow, positive_ints=FACE_INTS, positive=FACE_POSITIVE,
-                check=check_faces, fit_bar=0.95, minutes={'smoke': 0.3, 'cpu': 1.0, 'fit': 2.0, 'paper': 3 * 60})
+                check=check_faces, fit_bar=0.95, minutes={'smoke': 0.3, 'cpu': 1.0, 'fit': 2.0, 'paper': 3 * 60},
+                worlds=FACE_WORLDS)

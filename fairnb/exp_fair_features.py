@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .core import read_json
-from .faces import FACE_PRESETS, backbone_run
+from .faces import FACE_PRESETS, FACE_WORLDS, backbone_run
 from .models import SIRN, load_weights
 from .schemes import Scheme, get_scheme
 from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
@@ -128,4 +128,5 @@ FAIR_FEATURES = Problem(name='fair_features', notebook='run_fair_features', para
                         out_dir='reports/fair_features', metric='accuracy', task='identification',
                         flow=fair_features_flow, positive_ints=FACE_INTS + ('sirn_epochs',),
                         positive=FACE_POSITIVE + ('sirn_lr',), check=check_fair_features, scheme='fair_features',
-                        fit_bar=0.95, minutes={'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 4 * 60}, torchrun=False)
+                        fit_bar=0.95, minutes={'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'paper': 4 * 60}, torchrun=False,
+                        worlds=FACE_WORLDS)

@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .core import build_once, config_differences, progress, read_json
+from .core import build_once, config_differences, progress, read_json, write_json
 from .data import Attribute, ImageTable, decode_text, get_attribute, register_attribute
 
 # %% auto #0
-__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FIX_CELEBA', 'FACE_CROP', 'BACKBONE_KEYS', 'FACE_PRESETS',
-           'find_celeba_dir', 'read_celeba', 'face_splits', 'read_face', 'face_transform', 'face_code', 'draw_face',
-           'write_synthetic_celeba', 'synthetic_celeba', 'face_datasets', 'backbone_run']
+__all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FIX_CELEBA', 'FACE_CROP', 'CODE_MIDDLE', 'FACE_WORLDS', 'BACKBONE_KEYS',
+           'FACE_PRESETS', 'find_celeba_dir', 'read_celeba', 'face_splits', 'read_face', 'face_transform', 'face_code',
+           'draw_face', 'write_synthetic_celeba', 'synthetic_celeba', 'world_parts', 'face_datasets', 'backbone_run']
 
 # %% ../nbs/03_faces.ipynb #19d877bf
 CELEBA_ATTRS = tuple('''5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose
@@ -97,7 +97,9 @@ def read_celeba(data_dir): # the celeba folder (or its parent)
     df = pd.DataFrame({'image': attrs.index, 'file': [str(d/'img_align_celeba'/f) for f in attrs.index],
                        'identity': ids.reindex(attrs.index).values, 'partition': part.reindex(attrs.index).values})
     df['sex'] = (attrs.Male.values < 0).astype(np.int64); df['young_old'] = (attrs.Young.values < 0).astype(np.int64)
-    return pd.concat([df, (attrs.reset_index(drop=True) > 0).astype(np.int64)], axis=1)
+    out = pd.concat([df, (attrs.reset_index(drop=True) > 0).astype(np.int64)], axis=1)
+    out.attrs['world'] = read_json(d/'world.json') if (d/'world.json').exists() else None   # synthetic: its knobs
+    return out
 
 # %% ../nbs/03_faces.ipynb #b5adb3f8
 def face_splits(df:pd.DataFrame, # from `read_celeba`
@@ -141,13 +143,19 @@ def face_transform(train:bool=False):
                       + [v2.ToDtype(torch.float32), v2.Normalize([127.5] * 3, [128.0] * 3)])
 
 # %% ../nbs/03_faces.ipynb #79d3191d
-def face_code(rng:np.random.Generator, female:bool):
+CODE_MIDDLE = dict(skin=np.array([185., 145., 125.]), hair=120.0, iris=110.0, face_w=40.0, face_h=50.0, eye_dx=16.0,
+                   eye_y=9.0, eye_r=4.75, nose=16.0, mouth_w=13.0, mouth_y=28.0, brow=3.0)   # the ranges' middles
+
+def face_code(rng:np.random.Generator, female:bool,
+              spread:float=1.0): # < 1: the code drawn this much closer to the middle of each range
     "A random identity: colours and geometry of a cartoon face."
-    return dict(skin=rng.uniform([120, 80, 60], [250, 210, 190]), hair=rng.uniform(10, 230, 3),
+    code = dict(skin=rng.uniform([120, 80, 60], [250, 210, 190]), hair=rng.uniform(10, 230, 3),
                 iris=rng.uniform(20, 200, 3), face_w=rng.uniform(34, 46), face_h=rng.uniform(44, 56),
                 eye_dx=rng.uniform(12, 20), eye_y=rng.uniform(4, 14), eye_r=rng.uniform(3, 6.5),
                 nose=rng.uniform(10, 22), mouth_w=rng.uniform(8, 18), mouth_y=rng.uniform(22, 34),
                 brow=rng.uniform(1.5, 4.5), hair_len=rng.uniform(0.3, 1.0) if female else rng.uniform(0.0, 0.5))
+    if spread == 1.0: return code
+    return code | {k: m + spread * (code[k] - m) for k, m in CODE_MIDDLE.items()}
 
 # %% ../nbs/03_faces.ipynb #3eae9158
 def _perturb(code:dict, jitter:float, rng):
@@ -191,22 +199,31 @@ def _identity_attrs(rng, female:bool):
     return v
 
 # %% ../nbs/03_faces.ipynb #c19b34d2
+def _person(i:int, female:bool, rng, knobs:dict):
+    "(identity, female, code, attribute values, number of images) of one synthetic person."
+    code = face_code(rng, female, knobs['female_spread'] if female else 1.0)
+    attrs, n = _identity_attrs(rng, female), int(rng.integers(knobs['min_images'], knobs['max_images'] + 1))
+    if female and knobs['female_images']:   # drawn from a stream of its own: the shared one stays the same
+        n = int(np.random.default_rng([knobs['seed'], 3, i]).integers(knobs['female_images'][0],
+                                                                       knobs['female_images'][1] + 1))
+    return i, female, code, attrs, n
+
 def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
                            n_ids:int=500, min_images:int=6, max_images:int=14, seed:int=0,
-                           female_share:float=0.5, female_jitter:float=1.5):
+                           female_share:float=0.5, female_jitter:float=1.5, male_jitter:float=1.0,
+                           female_spread:float=1.0, female_images:tuple|None=None):
     "Write a synthetic CelebA in torchvision's layout; returns the `celeba` folder."
+    knobs = {k: v for k, v in locals().items() if k != 'root'}
     root, rng = Path(root), np.random.default_rng(seed); (root/'img_align_celeba').mkdir(parents=True, exist_ok=True)
     # a stream of its own:
     # face_splits shuffles identities with default_rng(seed) too, and must not pick test people by sex
     women = set(np.random.default_rng([seed, 1]).permutation(n_ids)[:round(female_share * n_ids)].tolist())
-    people = [(i + 1, i in women) for i in range(n_ids)]
-    people = [(i, f, face_code(rng, f), _identity_attrs(rng, f), int(rng.integers(min_images, max_images + 1)))
-              for i, f in people]
+    people = [_person(i + 1, i in women, rng, knobs) for i in range(n_ids)]
     order = rng.permutation([p for p in range(n_ids) for _ in range(people[p][4])])
     ident, attrs, marks = [], [], []
     for k, p in enumerate(progress(order, 'synthetic CelebA', leave=False)):
         i, female, code, av, _ = people[p]; name = f'{k + 1:06d}.jpg'
-        img, lm = draw_face(code, female_jitter if female else 1.0, rng)
+        img, lm = draw_face(code, female_jitter if female else male_jitter, rng)
         Image.fromarray(img).save(root/'img_align_celeba'/name, quality=90)
         ident.append(f'{name} {i}'); attrs.append(_attr_line(name, av)); marks.append(_attr_line(name, lm))
     n = len(order); part = np.digitize(np.arange(n), [round(0.8 * n), round(0.9 * n)])
@@ -214,12 +231,26 @@ def write_synthetic_celeba(root, # folder to create: it becomes `celeba`
     (root/'list_attr_celeba.txt').write_text('\n'.join([str(n), ' '.join(CELEBA_ATTRS) + ' '] + attrs) + '\n')
     (root/'list_eval_partition.txt').write_text('\n'.join(f'{k + 1:06d}.jpg {p}' for k, p in enumerate(part)) + '\n')
     (root/'list_landmarks_align_celeba.txt').write_text('\n'.join([str(n), ' '.join(LANDMARKS)] + marks) + '\n')
+    write_json(root/'world.json', {'generator': 'fairnb synthetic CelebA', **knobs})
     return root
 
 # %% ../nbs/03_faces.ipynb #42054944
 def synthetic_celeba(root=None, **kwargs):
     "Folder (`celeba`) of a synthetic CelebA for `kwargs` (see `write_synthetic_celeba`), built on first use."
     return build_once('synthetic-celeba-v2', write_synthetic_celeba, 'celeba', root, **kwargs)
+
+# %% ../nbs/03_faces.ipynb #fw000002
+FACE_WORLDS = {
+    'default': dict(test_frac=0.1),
+    'findings': dict(n_ids=1000, female_share=0.5, female_jitter=2.0, male_jitter=1.5, female_spread=0.85,
+                     female_images=None, test_frac=0.2),
+    'null': dict(n_ids=1000, female_share=0.5, female_jitter=1.5, male_jitter=1.5, female_spread=1.0,
+                 female_images=None, test_frac=0.2),
+}
+
+def world_parts(knobs:dict):
+    "(the writer's knobs, `face_splits`'s) of a faces world."
+    return {k: v for k, v in knobs.items() if k != 'test_frac'}, {k: v for k, v in knobs.items() if k == 'test_frac'}
 
 # %% ../nbs/03_faces.ipynb #3b326bb7
 def face_datasets(frames:dict, # split -> DataFrame from `face_splits`
@@ -235,7 +266,7 @@ def face_datasets(frames:dict, # split -> DataFrame from `face_splits`
     return ds
 
 # %% ../nbs/03_faces.ipynb #a5504998
-BACKBONE_KEYS = ('data_dir', 'female_share', 'seed', 'n_test_ids', 'backbone', 'emb_size', 'img_size', 'width')
+BACKBONE_KEYS = ('data_dir', 'world', 'female_share', 'seed', 'n_test_ids', 'backbone', 'emb_size', 'img_size', 'width')
 
 def backbone_run(path, # a run_facerec run folder, or the model.pt in it
                  config:dict): # this run's configuration

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_run.ipynb #a11c0003
 from __future__ import annotations
-import time
+import json, time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,8 +27,8 @@ from .train import PRECISIONS, fit, speed_up
 from .results import write_results
 
 # %% auto #0
-__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'check_bootstrap', 'resolve_config', 'Model', 'Run',
-           'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
+__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'world_knobs', 'check_bootstrap', 'resolve_config', 'Model',
+           'Run', 'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Problem:
     fit_bar: float = 0.95 # the training score per group at which a model counts as fitting its training set
     minutes: dict = field(default_factory=dict) # rough minutes per run and preset (smoke, cpu: 2 cores; paper: a GPU)
     torchrun: bool = True # whether it trains under torchrun
+    worlds: dict = field(default_factory=lambda: {'default': {}}) # synthetic world -> the data writer's knobs
     def defaults(self): return {k: p.default for k, p in self.params.items()}
     def param_types(self): return {k: p.type for k, p in self.params.items()}
     def params_in(self, namespace:dict): # a notebook's globals()
@@ -88,6 +89,18 @@ RUNTIME_PARAMS = dict(   # how a run runs, the same in every experiment (`Proble
 PRESET_TYPES = {'preload': bool, 'width': (int, None), 'milestones': list, 'train_share': float, 'augment': bool,
                 's': float, 'lr_gamma': float}
 
+def world_knobs(problem:Problem, config:dict):
+    "The knobs of the run's synthetic world, as JSON holds them; None on real data. Refuses an unknown world."
+    w = config.get('world', 'default')
+    if w not in problem.worlds:
+        raise ValueError(f'world must be one of {list(problem.worlds)} (the synthetic worlds of {problem.name}), '
+                         f'got {w!r}.')
+    if config.get('data_dir'):
+        if w != 'default': raise ValueError(f"world={w!r} describes the synthetic data; with data_dir (real data) "
+                                            "leave world='default'.")
+        return None
+    return json.loads(json.dumps(problem.worlds[w]))
+
 def check_bootstrap(config:dict):
     "`bootstrap`, the resamples behind each interval, is an integer >= 0 (0: no intervals)."
     b = config['bootstrap']
@@ -96,6 +109,10 @@ def check_bootstrap(config:dict):
 
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
+
+def _insert_after(d:dict, key:str, new:dict):
+    "`d` with `new`'s items right after `key`."
+    at = list(d).index(key) + 1; return dict(list(d.items())[:at] + list(new.items()) + list(d.items())[at:])
 
 def resolve_config(problem:Problem, params:dict): # every parameter of the problem
     "(config, scheme): the preset applied, every value checked, the scheme built from its own parameters."
@@ -112,9 +129,8 @@ def resolve_config(problem:Problem, params:dict): # every parameter of the probl
                  {'on_bad_image': ('stop', 'skip'), 'precision': PRECISIONS})
     if 'bootstrap' in config: check_bootstrap(config)
     if problem.check: problem.check(config)
-    at = list(config).index('scheme') + 1
-    return dict([('problem', problem.name)] + list(config.items())[:at] + list(scheme.config().items())
-                + list(config.items())[at:]), scheme
+    if 'world' in config: config = _insert_after(config, 'world', {'world_knobs': world_knobs(problem, config)})
+    return {'problem': problem.name} | _insert_after(config, 'scheme', scheme.config()), scheme
 
 # %% ../nbs/11_run.ipynb #a11c0014
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import get_attribute, relabel_within_group
+from .data import balanced_index, get_attribute, relabel_within_group
 from .ddp import global_mean
 from .losses import fixed_class_regularizer, get_penalty, minmax_loss
 from .models import SensitiveHead
@@ -18,7 +18,7 @@ from .models import SensitiveHead
 # %% auto #0
 __all__ = ['SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme', 'schemes_for',
            'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact',
-           'IdentityFlip', 'LabelFlip', 'Margins', 'FairFeatures']
+           'IdentityFlip', 'LabelFlip', 'Balanced', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -190,6 +190,22 @@ class LabelFlip(_Flip):
         self.logs = {'flipped': int(pick.sum())}
         pick = pick.to(targets.device).reshape(-1, *([1] * (targets.dim() - 1)))
         return torch.where(pick, 1 - targets, targets)
+
+# %% ../nbs/06_schemes.ipynb #fe58645b
+@register_scheme
+class Balanced(Scheme):
+    "Resample the training set once: every group as often as the largest, `boost_group` `boost` times more."
+    name, params = 'balanced', dict(boost_group=None, boost=1.0)
+    def check(self):
+        if not (is_number(self.boost) and self.boost >= 1):
+            raise ValueError(f'boost must be a number >= 1 (times the largest group), got {self.boost!r}.')
+        self.boosted = {} if self.boost_group is None else {self.group_code('boost_group'): self.boost}
+    def prepare(self, train):
+        "The training dataset resampled (`fairnb.data.balanced_index`); the images are shared, not copied."
+        groups = train.attrs[self.attribute.name]; idx = balanced_index(groups, self.seed, self.boosted)
+        self.summary = f'resampled {len(groups)} training samples to {len(idx)}: ' + ', '.join(
+            f'{g} {int((groups[idx] == k).sum())}' for k, g in enumerate(self.attribute.groups))
+        return train.take(idx)
 
 # %% ../nbs/06_schemes.ipynb #75cc0992
 @register_scheme

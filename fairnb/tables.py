@@ -20,11 +20,11 @@ from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
-__all__ = ['TABLES', 'FINDINGS_CX', 'FINDINGS_FACES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell',
-           'cell', 'Table', 'register_table', 'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values',
+__all__ = ['TABLES', 'FINDINGS_CX', 'FINDINGS_FACES', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES',
+           'Cell', 'cell', 'Table', 'register_table', 'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values',
            'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout', 'angles_layout', 'sirn_layout',
            'demographics_layout', 'cell_runs', 'table_results', 'table_preset', 'run_counts', 'layout_table',
-           'style_table', 'plot_curves', 'plot_age']
+           'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts', 'plot_closable']
 
 # %% ../nbs/12_tables.ipynb #7ab1e006
 @dataclass(frozen=True)
@@ -149,6 +149,20 @@ register_table(Table('findings_chexpert', "The CheXpert runs behind the paper's 
                      tuple(FINDINGS_CX.values()), report='findings'))
 register_table(Table('findings_faces', "The face runs behind the paper's claims (F4-F6)", 'findings',
                      tuple(FINDINGS_FACES.values()), report='findings'))   # paper: the preset's ResNet-18, as Table 6
+
+# %% ../nbs/12_tables.ipynb #7ab1e0f2
+register_table(Table('oracle_chexpert', 'CheXpert, synthetic: the baseline beside runs that know the groups and the '
+                     'true labels', 'chexpert',
+                     (cell('BASELINE', 'chexpert', scheme='baseline'),
+                      cell('BALANCED', 'chexpert', scheme='balanced', train_labels='recorded'),
+                      cell('ORACLE', 'chexpert', scheme='balanced', train_labels='true')),
+                     tasks=('AVG',), figures=('closable', 'age')))
+register_table(Table('oracle_faces', "Faces, synthetic: the baseline beside a run that draws women's images twice as "
+                     'often', 'faces',
+                     (cell('BASELINE', 'faces', 'BASELINE', scheme='baseline'),
+                      cell('ENRICHED', 'faces', 'WOMEN x2', scheme='balanced', boost_group='female', boost=2.0)),
+                     figures=('closable', 'curves')))
+ORACLES = {'chexpert': TABLES['oracle_chexpert'].cells[-1]}   # problem -> the cell whose gap is the irreducible part
 
 # %% ../nbs/12_tables.ipynb #7ab1e014
 RUN_ONLY = ('device', 'num_workers', 'on_bad_image', 'out_dir', 'overwrite', 'resume')   # how it runs, not what it is
@@ -310,8 +324,8 @@ def table_results(table:Table|str, runs:pd.DataFrame, # `collect_runs` output (a
         ours = pd.concat(per_seed).groupby(keys, sort=False).value.apply(lambda v: pd.Series(
             mean_interval(v), index=['mean', 'low', 'high', 'n'])).unstack().reset_index()
     else: ours = pd.DataFrame(columns=[*keys, 'mean', 'low', 'high', 'n'])
-    out = paper.merge(ours, on=keys, how='outer') if t.layout != 'chexpert' or not t.tasks else \
-        paper.merge(ours[ours.row.isin(t.tasks)], on=keys, how='left')
+    if t.layout == 'chexpert' and t.tasks: ours = ours[ours.row.isin(t.tasks)]
+    out = paper.merge(ours, on=keys, how='left' if len(paper) and t.layout == 'chexpert' and t.tasks else 'outer')
     out['n'] = out.n.fillna(0).astype(int)
     return _paper_order(out, t)[[*keys, 'mean', 'low', 'high', 'n', 'paper']]
 
@@ -420,4 +434,52 @@ def plot_age(runs:pd.DataFrame, table:Table|str, preset:str, attribute:str='age_
     g.set_axis_labels(attribute, f'{split} AUC'); g.set_titles('{col_name}'); g.set(ylim=(0, 1))   # AUC's range
     return g
 
-FIGURES = {'curves': plot_curves, 'age': plot_age}
+def seed_gaps(runs:pd.DataFrame, table:Table|str, preset:str, split:str='test',
+              extra:tuple=()): # cells beside the table's, laid out as its own
+    "Per block and seed: the table's headline gap on `split` (CheXpert: of the mean AUC; faces: of rank-1, percent)."
+    t, out = get_table(table) if isinstance(table, str) else table, []
+    for c in dict.fromkeys(t.cells + tuple(extra)):
+        mine = cell_runs(runs, c, {'preset': preset, **t.on_preset.get(preset, {})})
+        for (_, seed), r in mine.groupby(['run', 'seed']):
+            m = LAYOUTS[t.layout][0](r)
+            m = m[(m.split == split) & (m.column == 'gap') & (m.row.isna() | (m.row == 'AVG'))]
+            out += [dict(block=c.block, seed=seed, gap=v) for v in m.value]
+    return pd.DataFrame(out, columns=['block', 'seed', 'gap'])
+
+def gap_parts(runs:pd.DataFrame, table:Table|str, preset:str, split:str='test'):
+    "Each block's gap and the part of the closable gap it closed, paired by seed, with 95% intervals over seeds."
+    t = get_table(table) if isinstance(table, str) else table
+    oracle = ORACLES.get(t.problems()[0]) if len(t.problems()) == 1 else None
+    cells = tuple(dict.fromkeys(t.cells + ((oracle,) if oracle else ())))
+    g = seed_gaps(runs, t, preset, split, cells).pivot_table(index='seed', columns='block', values='gap')
+    base, rows = t.cells[0].block, []
+    floor = oracle.block if oracle and oracle.block in g else None   # the oracle's runs sit beside the table's
+    if base not in g: return pd.DataFrame(columns=['block', 'gap', 'low', 'high', 'seeds', 'closed', 'closed_low',
+                                                   'closed_high', 'share', 'floor'])
+    closable = (g[base] - g[floor]).mean() if floor else g[base].mean()   # ratio of means
+    for b in [c.block for c in cells if c.block in g]:
+        m, lo, hi, n = mean_interval(g[b].dropna()); d = (g[base] - g[b]).dropna()
+        cm, clo, chi, _ = mean_interval(d) if len(d) else (np.nan,) * 4
+        rows.append(dict(block=b, gap=m, low=lo, high=hi, seeds=n, closed=cm, closed_low=clo, closed_high=chi,
+                         share=cm / closable if closable else np.nan))
+    return pd.DataFrame(rows).assign(floor=floor)
+
+def plot_closable(runs:pd.DataFrame, table:Table|str, preset:str):
+    "Each row's test gap with its interval; the oracle's gap (the irreducible part) as a line."
+    t = get_table(table) if isinstance(table, str) else table
+    p = gap_parts(runs, t, preset)
+    if p.empty: return None
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(p), 3))
+    ax.errorbar(p.block, p.gap, yerr=[p.gap - p.low.fillna(p.gap), p.high.fillna(p.gap) - p.gap], fmt='o', capsize=4)
+    if p.floor.iloc[0] in set(p.block):
+        ax.axhline(p.gap[p.block == p.floor.iloc[0]].iloc[0], ls='--', c='grey', label='irreducible (oracle)')
+        ax.legend(fontsize=8)
+    ref = p[p.block == p.floor.iloc[0]] if p.floor.iloc[0] in set(p.block) else p.iloc[:1].assign(closed_low=p.low)
+    shown = ref.closed_low.iloc[0] > 0   # a share of a closable part whose interval holds 0 means nothing
+    for x, (gap, share) in enumerate(zip(p.gap, p.share)):
+        if x: ax.annotate(f'{share:.0%} closed' if shown else 'closable part ~ 0', (x, gap), textcoords='offset points',
+                          xytext=(8, 0), fontsize=8)
+    ax.axhline(0, c='k', lw=0.5); ax.set_ylabel('test gap (male - female)'); ax.set_title(t.name, fontsize=9)
+    return fig
+
+FIGURES = {'curves': plot_curves, 'age': plot_age, 'closable': plot_closable}

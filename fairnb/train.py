@@ -5,6 +5,7 @@
 # %% ../nbs/07_train.ipynb #9bc5d192
 from __future__ import annotations
 import random, time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +21,8 @@ from .losses import group_losses
 from .schemes import BatchOut, Scheme
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'autocast', 'batch_out', 'cycle', 'speed_up', 'train_epoch', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'fit']
+__all__ = ['PRECISIONS', 'autocast', 'batch_out', 'cycle', 'speed_up', 'running_stats_kept', 'train_epoch', 'rng_state',
+           'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'fit']
 
 # %% ../nbs/07_train.ipynb #46c550a4
 PRECISIONS = ('fp32', 'bf16')
@@ -53,6 +54,18 @@ def speed_up(model:torch.nn.Module, channels_last:bool=False, # convolutions in 
     if compile_model: model.compile(**compile_kw)
     return model
 
+# %% ../nbs/07_train.ipynb #b7e0c0e2
+@contextmanager
+def running_stats_kept(model:torch.nn.Module):
+    "Inside, forward passes leave every BatchNorm's running statistics (and batch count) as they were."
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms: m.momentum = 0.0   # running * (1 - 0) + batch * 0: the running statistics, exactly
+    try: yield
+    finally:
+        for m, (momentum, n) in zip(norms, saved): m.momentum = momentum; m.num_batches_tracked.copy_(n)
+
 # %% ../nbs/07_train.ipynb #7844fcbf
 def train_epoch(model, loader, criterion:Callable, # (outputs, targets, groups) -> (B,) losses
                 scheme:Scheme, # the objective; `scheme.attribute` is the sensitive attribute
@@ -64,8 +77,9 @@ def train_epoch(model, loader, criterion:Callable, # (outputs, targets, groups) 
     sums, counts, obj, logs, n = torch.zeros(G), torch.zeros(G), 0.0, {}, 0
     for b, batch in enumerate(progress(loader, f'epoch {epoch}', leave=False)):
         out = batch_out(model, criterion, batch, attr, device, scheme, precision)
-        hold = batch_out(model, criterion, next(holdout), attr, device, precision=precision) \
-            if scheme.needs_holdout else None
+        with running_stats_kept(model):   # holdout batches must not move BatchNorm's statistics
+            hold = batch_out(model, criterion, next(holdout), attr, device, precision=precision) \
+                if scheme.needs_holdout else None
         loss = scheme(out, hold)
         if not torch.isfinite(loss):
             raise FloatingPointError(f'Loss is {loss.item()} at epoch {epoch}, batch {b}; lower lr or alpha. '

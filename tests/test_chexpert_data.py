@@ -86,7 +86,7 @@ def test_full_version_folder_with_lateral_views(small, tmp_path):
     "The full CheXpert-v1.0 layout (other folder name, lateral views) reads alike; data_dir may be its parent."
     import shutil
     full = tmp_path / 'CheXpert-v1.0'
-    shutil.copytree(small, full)
+    shutil.copytree(small, full, ignore=shutil.ignore_patterns('true_labels.csv', 'world.json'))   # as Stanford ships it
     lines = (full / 'train.csv').read_text().splitlines()
     first = next(l.split(',') for l in lines[1:] if l.split(',')[1] in ('Male', 'Female'))
     lateral = [first[0].replace('view1_frontal', 'view2_lateral'), *first[1:3], 'Lateral', '', *first[5:]]

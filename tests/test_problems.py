@@ -76,7 +76,7 @@ def _imports():
 LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # ground
           ('data', 'losses', 'results'),                                          # data
           ('chexpert', 'faces', 'bupt'),                                          # sources
-          ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report'),         # method
+          ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report', 'worlds'),   # method
           ('run',),                                                               # the run API
           ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'experiments'),      # experiments
           ('tables', 'findings'),                                                 # results

@@ -9,7 +9,8 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from conftest import launch, refused_by_start_run, run_notebook, stream_outputs
-from fairnb.chexpert import TASKS
+from fairnb.chexpert import TASKS, synthetic_chexpert
+from fairnb.core import read_json
 from fairnb.results import read_results
 
 # Every scheme, and both penalty_on values for the three penalties (smoke preset: seconds each).
@@ -18,6 +19,8 @@ RUNS = {
     'minmax': dict(scheme='minmax'),
     'label_flip': dict(scheme='label_flip', flip_group='female', flip_rate=0.1),
     **{f'{p}_{on}': dict(scheme=p, alpha=1.0, penalty_on=on) for p in ('eq_loss', 'eq_odds', 'disp_impact') for on in ('train', 'holdout')},
+    'balanced': dict(scheme='balanced'),
+    'oracle': dict(scheme='balanced', train_labels='true'),
 }
 SCHEMES = list(RUNS)
 PENALTY_RUNS = [r for r in RUNS if r.startswith(('eq_', 'disp_'))]
@@ -57,6 +60,8 @@ def test_results_schema(runs, scheme):
     assert len(shares) == 3 * 2 and set(shares.task) == {'images'} and set(shares.group) == {'male', 'female'}
     assert (shares.groupby('split').value.sum() - 1).abs().max() < 1e-9 and shares.value.between(0.05, 0.95).all()
     assert rec['config']['problem'] == 'chexpert'
+    assert (rec['config']['world'], rec['config']['world_knobs']) == ('default', {})   # the world and its knobs,
+    assert rec['data']['world'] == read_json(synthetic_chexpert() / 'world.json')       # and the data's manifest
     pens = rows[~rows.metric.isin(['auc', 'share'])]
     assert len(pens) == 3 * 3 and set(pens.metric) == {'eq_loss', 'eq_odds', 'disp_impact'}
     assert (pens.group == 'all').all() and (pens.attribute == 'sex').all() and set(pens.split) == {'train', 'validation', 'test'}

@@ -14,6 +14,7 @@ RUNS = {
     'minmax': dict(scheme='minmax'),
     'label_flip': dict(scheme='label_flip', flip_group='male', flip_rate=0.3),
     'margins': dict(scheme='margins', margin=0.75, margin_group='female'),
+    'balanced': dict(scheme='balanced', boost_group='female', boost=2.0),
 }
 NOTEBOOK_RUNS = ('baseline', 'label_flip')   # executed through the notebook (label flipping prints what it did)
 
@@ -36,6 +37,7 @@ def test_face_results(runs, name):
     assert {k: rec['config'][k] for k in RUNS[name]} == RUNS[name]
     sex = rows[(rows.attribute == 'sex') & (rows.metric != 'share')]
     assert set(sex.task) == {'identification'} and rec['config']['problem'] == 'faces'
+    assert rec['config']['world_knobs'] == {'test_frac': 0.1} and rec['data']['world']['female_jitter'] == 1.5
     shares = rows[rows.metric == 'share'].pivot(index='split', columns='group', values='value')
     assert shares.shape == (3, 2) and ((shares.male + shares.female - 1).abs() < 1e-9).all()
     for metric, lo, hi in (('accuracy', 0, 1), ('intra_angle', 0, 180), ('inter_angle', 0, 180)):
@@ -50,6 +52,14 @@ def test_face_results(runs, name):
     assert (runs[name] / 'run' / 'model.pt').stat().st_size > 0
     if name == 'eq_loss_holdout':
         assert hist.train_penalty.notna().all()
+
+
+@pytest.mark.slow
+def test_every_arm_trains_on_the_same_images(runs):
+    "The holdout is carved out for every scheme, so a baseline and a holdout penalty can be paired seed by seed."
+    train = {name: read_results(runs[name] / 'run')[1].query("metric == 'accuracy' and split == 'train'").n.tolist()
+             for name in RUNS}
+    assert len({tuple(v) for v in train.values()}) == 1, train
 
 
 @pytest.mark.slow
