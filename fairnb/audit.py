@@ -4,6 +4,7 @@
 
 # %% ../nbs/14_audit.ipynb #a0d10003
 from __future__ import annotations
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -84,12 +85,16 @@ def worst_subgroup(rows:pd.DataFrame): # `audit_rows` of one grouping
 # %% ../nbs/14_audit.ipynb #a0d10022
 def paired_predictions(base, fair, split:str='test'):
     "(config, baseline predictions, fair predictions) of two finished runs, aligned on the same images."
+    if Path(base).resolve() == Path(fair).resolve():
+        raise ValueError(f'baseline_run and fair_run are the same run ({base}): compare a run with another one.')
     cb, pb, _ = read_predictions(base, split); cf, pf, _ = read_predictions(fair, split)
     if cb.get('problem') != cf.get('problem'):
         raise ValueError(f"{base} is a {cb.get('problem')} run and {fair} a {cf.get('problem')} run.")
     if len(pb) != len(pf) or set(pb.image) != set(pf.image):
-        raise ValueError(f'the two runs were scored on different {split} images ({len(pb)} and {len(pf)}): compare '
-                         'runs of the same data and seed (a face split depends on the seed).')
+        only = sorted(set(pb.image) ^ set(pf.image))
+        raise ValueError(f'the two runs were scored on different {split} images ({len(pb)} and {len(pf)}; '
+                         f'{len(only)} in only one, e.g. {only[0]}): compare runs of the same data, world and seed '
+                         '(a face split depends on the seed).')
     return cb, pb, pf.set_index('image').loc[pb.image].reset_index()
 
 # %% ../nbs/14_audit.ipynb #a0d10023

@@ -18,7 +18,7 @@ from .data import RACE, ImageTable
 from .faces import FACE_CROP, draw_face, face_code, face_transform
 
 # %% auto #0
-__all__ = ['BUPT_LAYOUT', 'IMAGE_SUFFIXES', 'SYNTHETIC_SKIN', 'find_bupt_dir', 'read_bupt', 'write_synthetic_bupt',
+__all__ = ['BUPT_LAYOUT', 'IMAGE_SUFFIXES', 'HIDDEN', 'SYNTHETIC_SKIN', 'find_bupt_dir', 'read_bupt', 'write_synthetic_bupt',
            'synthetic_bupt', 'read_bupt_image', 'bupt_dataset']
 
 # %% ../nbs/15_bupt.ipynb #0942dc06
@@ -39,9 +39,13 @@ def find_bupt_dir(root): # the BUPT-Balancedface folder, its `images/` folder, o
                             f'{BUPT_LAYOUT}.')
 
 # %% ../nbs/15_bupt.ipynb #fc80be13
+HIDDEN = ('Thumbs.db', 'desktop.ini')   # besides names that start with '.': what file managers leave behind
+
+def _hidden(name:str): return name.startswith('.') or name in HIDDEN
+
 def _race_ids(d:Path):
-    "{race: sorted identity folder names} of `race_per_7000`, the two top levels checked."
-    extra = sorted(p.name for p in d.iterdir() if p.name not in RACE.groups)
+    "({race: sorted identity folder names}, hidden files skipped) of `race_per_7000`, its two top levels checked."
+    extra = sorted(p.name for p in d.iterdir() if p.name not in RACE.groups and not _hidden(p.name))
     if extra: raise ValueError(f'{d} holds {extra[0]!r}, which is not a race folder: race_per_7000 must hold exactly '
                                f'the folders {list(RACE.groups)} ({BUPT_LAYOUT}). Move {extra[0]!r} out of it.')
     missing = [r for r in RACE.groups if not (d/r).is_dir()]
@@ -49,7 +53,7 @@ def _race_ids(d:Path):
                                         f'({BUPT_LAYOUT}). Re-extract BUPT-Balancedface.')
     ids, seen = {}, {}
     for race in RACE.groups:
-        entries = sorted((d/race).iterdir())
+        entries = sorted(p for p in (d/race).iterdir() if not _hidden(p.name))
         stray = [p for p in entries if not p.is_dir()]
         if stray: raise ValueError(f'{stray[0]} lies directly in the race folder {race}/; images belong in identity '
                                    f"folders ({BUPT_LAYOUT}). Move it into its identity's folder or delete it.")
@@ -59,33 +63,40 @@ def _race_ids(d:Path):
                                                 f'in {d}: a person has one race. Delete the wrong folder.')
             seen[p.name] = race
         ids[race] = [p.name for p in entries]
-    return ids
+    return ids, sum(_hidden(p.name) for p in d.iterdir()) + sum(_hidden(p.name) for r in RACE.groups
+                                                                for p in (d/r).iterdir())
 
 def _identity_images(folder:Path):
-    "Sorted image names of an identity folder; anything else in it is an error."
+    "(sorted image names of an identity folder, hidden files skipped there); anything else in it is an error."
     with os.scandir(folder) as it: entries = sorted((e.name, e.is_file()) for e in it)
+    hidden = sum(_hidden(n) for n, _ in entries); entries = [(n, f) for n, f in entries if not _hidden(n)]
     bad = [n for n, f in entries if not f or Path(n).suffix.lower() not in IMAGE_SUFFIXES]
     if bad: raise ValueError(f'{folder/bad[0]} is not an image file ({", ".join(IMAGE_SUFFIXES)}): an identity folder '
                              'holds only its images. Move it out or delete it.')
-    if not entries: raise ValueError(f'identity folder {folder} holds no images; delete it or restore its images.')
-    return [n for n, _ in entries]
+    return [n for n, _ in entries], hidden
 
 # %% ../nbs/15_bupt.ipynb #3d2bd371
 def read_bupt(root, # the BUPT-Balancedface folder, its images/ folder or race_per_7000
               max_ids_per_race:int|None=None, # keep a seeded random sample of this many identities per race; None: all
               seed:int=0): # seeds the sample
     "One row per image: file, image (`race/identity/name`), mid (the identity folder), identity code, race code."
-    d = find_bupt_dir(root); ids = _race_ids(d)
+    d = find_bupt_dir(root); ids, hidden = _race_ids(d)
     if max_ids_per_race is not None:
         if max_ids_per_race < 1:
             raise ValueError(f'max_ids_per_race must be at least 1 (or None), got {max_ids_per_race}.')
         ids = {r: sorted(np.random.default_rng([seed, RACE.code(r)]).permutation(m)[:max_ids_per_race].tolist())
                for r, m in ids.items()}
-    people = [(r, m) for r in RACE.groups for m in ids[r]]
-    rows = [(k, r, m, f'{r}/{m}/{n}') for k, (r, m) in enumerate(people) for n in _identity_images(d/r/m)]
+    listed = {(r, m): _identity_images(d/r/m) for r in RACE.groups for m in ids[r]}
+    people = [p for p, (names, _) in listed.items() if names]   # an empty identity folder is skipped, and counted
+    if not people: raise ValueError(f'{d} holds no images in its identity folders ({BUPT_LAYOUT}).')
+    rows = [(k, r, m, f'{r}/{m}/{n}') for k, (r, m) in enumerate(people) for n in listed[r, m][0]]
     k, race, mid, image = map(list, zip(*rows))
-    return pd.DataFrame({'file': [str(d/i) for i in image], 'image': image, 'mid': mid,
-                         'identity': np.array(k, np.int64), 'race': np.array([RACE.code(r) for r in race], np.int64)})
+    out = pd.DataFrame({'file': [str(d/i) for i in image], 'image': image, 'mid': mid,
+                        'identity': np.array(k, np.int64), 'race': np.array([RACE.code(r) for r in race], np.int64)})
+    out.attrs['skipped'] = {'hidden files': hidden + sum(h for _, h in listed.values()),
+                            'empty identity folders': [f'{r}/{m}' for (r, m), (n, _) in listed.items() if not n],
+                            'one-image identities': int((out.mid.value_counts() == 1).sum())}   # not scored: LOO
+    return out
 
 # %% ../nbs/15_bupt.ipynb #ae6cff55
 SYNTHETIC_SKIN = {'African': ((60, 35, 20), (120, 85, 60)), 'Asian': ((170, 130, 100), (235, 190, 160)),

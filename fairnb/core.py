@@ -55,14 +55,18 @@ def umask_mode(base:int=0o666): # 0o666 for files, 0o777 for folders
 
 def atomic_write_bytes(path, data:bytes):
     "Write `data` to `path` through a temporary file renamed into place, with the umask's permissions."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
         with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        if tmp: Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, OSError): raise
+        raise OSError(e.errno, f'cannot write {path} ({e.strerror or e}): is {path.parent} full or read-only? Free '
+                      'space or fix its permissions, or write elsewhere (out_dir, --out).') from e
     return path
 
 # %% ../nbs/00_core.ipynb #7cb40e7f
@@ -168,15 +172,18 @@ def _take_flock(path:Path):
         if same: return f
         f.close()   # released and removed by its holder meanwhile: lock the new file
 
-def lock_run_dir(out_dir):
+def lock_run_dir(out_dir, name:str='run.lock', # the lock file in `out_dir`
+                 holder:str='run', choose:str='out_dir'): # what holds such folders; the parameter that names them
     "Lock `out_dir` for this process (re-entrant); fails if a live run holds it. Returns the lock file."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); path = (out/'run.lock').resolve()
+    out = Path(out_dir); path = (out/name).resolve()
     if path in _HELD: return path
-    f = _take_flock(path)
+    try: out.mkdir(parents=True, exist_ok=True); f = _take_flock(path)
+    except OSError as e: raise OSError(e.errno, f'cannot write into {out} ({e.strerror or e}): is it read-only, or '
+                                                f'on a full disk? Fix it, or choose another {choose}.') from e
     if f is None:
         h = _holder(path)
-        raise RunDirInUse(f"{out} is in use by another run (process {h.get('pid', '?')} on {h.get('host', '?')}, "
-                          f"started {h.get('started', '?')}). Wait for it to end, or choose another out_dir.")
+        raise RunDirInUse(f"{out} is in use by another {holder} (process {h.get('pid', '?')} on {h.get('host', '?')}, "
+                          f"started {h.get('started', '?')}). Wait for it to end, or choose another {choose}.")
     if (stale := _holder(path)): print(f"{out}: taking over the lock of process {stale.get('pid')} on "
                                        f"{stale.get('host')}, which ended without releasing it.")
     f.seek(0); f.truncate()
@@ -185,9 +192,9 @@ def lock_run_dir(out_dir):
     f.flush(); os.chmod(path, umask_mode()); _HELD[path] = f
     return path
 
-def release_run_dir(out_dir):
+def release_run_dir(out_dir, name:str='run.lock'):
     "Release and remove this process's lock on `out_dir`, if it holds one."
-    path = (Path(out_dir)/'run.lock').resolve(); f = _HELD.pop(path, None)
+    path = (Path(out_dir)/name).resolve(); f = _HELD.pop(path, None)
     if f is not None: path.unlink(missing_ok=True); f.close()
 
 def prepare_run_dir(out_dir, # folder for this run's files
@@ -226,7 +233,10 @@ def write_failure(out_dir, error:BaseException, tb=None): # the traceback; defau
     if (out/'results.json').exists(): return None   # never mark a finished run as failed
     if isinstance(error, RunDirInUse): return None  # nor a live run of another process
     lines = traceback.format_exception(type(error), error, tb if tb is not None else error.__traceback__)
-    return write_json(out/'failed.json', {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines)})
+    record = {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines)}
+    try: return write_json(out/'failed.json', record)
+    except OSError as e:   # a full or read-only folder: the run's own error is what the user must see
+        print(f'(failed.json could not be written either: {e})', file=sys.stderr); return None
 
 @contextmanager
 def record_failure(out_dir):

@@ -84,6 +84,10 @@ def bupt_race_rows(run:Run, model:Model):
     if not c.get('bupt_dir') and c['data_dir']:
         print('BUPT audit skipped: set bupt_dir to audit a model of real faces by race.'); return pd.DataFrame()
     frame = read_bupt(c['bupt_dir'], BUPT_IDS_PER_RACE, c['seed']) if c.get('bupt_dir') else read_bupt(synthetic_bupt())
+    s = frame.attrs['skipped']
+    if any(s.values()): print(f"BUPT: {s['hidden files']} hidden file(s) and {len(s['empty identity folders'])} empty "
+                              f"identity folder(s) skipped; {s['one-image identities']} identity(ies) with one image, "
+                              'which leave-one-out rank-1 cannot score.')
     ds = bupt_dataset(frame, c['img_size'], preload=c['preload'])
     emb = predict(model.net, run.loader(ds), run.device, activation=None, desc='BUPT')[0]
     rows, pred = race_audit(emb, frame, c['bootstrap'], c['seed'])

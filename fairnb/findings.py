@@ -51,7 +51,7 @@ def toy_runs(values:dict, # {(cell, seed): {(split, group, attribute, metric, ta
 def _fig(split, v, group='gap'): return {(split, group, 'sex', 'auc', 'mean'): v}   # a CheXpert figure, for toys
 
 # %% ../nbs/17_findings.ipynb #f17e0015
-VERDICTS = ('reproduced', 'contradicted', 'inconclusive')
+VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'no runs')   # no runs: a cell it needs has no finished run
 
 def verdict(low:float, high:float, # the quantity's interval
             expected:int): # +1: the claim says it is above zero; -1: below
@@ -65,6 +65,7 @@ def combine(verdicts:list):
     "A claim's verdict from its parts': any contradicted part contradicts it; it is reproduced when all parts are."
     if not verdicts: return 'inconclusive'
     if 'contradicted' in verdicts: return 'contradicted'
+    if 'no runs' in verdicts: return 'no runs'
     return 'reproduced' if all(v == 'reproduced' for v in verdicts) else 'inconclusive'
 
 # %% ../nbs/17_findings.ipynb #f17e0021
@@ -98,7 +99,7 @@ class Part:
         "The row of this part: its value, interval, seeds and verdict."
         v, lo, hi, n = self.interval(self.quantity(runs, preset))
         return dict(part=self.what, value=v, low=lo, high=hi, seeds=n, expected='> 0' if self.expected > 0 else '< 0',
-                    verdict=verdict(lo, hi, self.expected))
+                    verdict=verdict(lo, hi, self.expected) if n else 'no runs')
 
 # %% ../nbs/17_findings.ipynb #f17e0027
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def planted_runs(effect:float, # the size of the planted effect (0: none)
     return toy_runs(values, preset)
 
 # %% ../nbs/17_findings.ipynb #f17e0038
-COLOURS = {'reproduced': '#2a9d8f', 'contradicted': '#e76f51', 'inconclusive': '#8d99ae'}
+COLOURS = {'reproduced': '#2a9d8f', 'contradicted': '#e76f51', 'inconclusive': '#8d99ae', 'no runs': '#495057'}
 SPLIT_ORDER = ('train', 'validation', 'test')
 
 def plot_parts(parts:pd.DataFrame, ax=None): # `assess` rows of one finding

@@ -195,7 +195,8 @@ def auc_stats(probs, targets, groups, # (N, T), (N, T), (N,) group codes, checke
     "(1 + R, G + 1, T + 1): AUC per group (then the gap) and task (then the mean), on the data then resampled."
     auc = group_resampled_auc(probs, targets, groups, len(names), clusters, resamples, seed)
     _warn_undefined(auc[0], names, tasks, split)
-    both = ~np.isnan(auc[0]).any(0)
+    present = np.bincount(np.asarray(groups), minlength=len(names)) > 0   # a group without samples has no say
+    both = ~np.isnan(auc[0][present]).any(0)
     mean = auc[:, :, both].mean(2) if both.any() else np.full(auc.shape[:2], np.nan)
     stats = np.concatenate([auc, mean[..., None]], axis=2)
     return np.concatenate([stats, resampled_gap(stats.transpose(0, 2, 1))[:, None, :]], axis=1)

@@ -129,6 +129,7 @@ def read_predictions(run, # a finished run folder
                      split:str='test'):
     "(config, predictions, embeddings or None) of a finished run's `split`."
     run = Path(run)
+    if not run.is_dir(): raise FileNotFoundError(f'{run} does not exist: pass the folder of a finished run.')
     if not (run/'results.json').exists():
         raise FileNotFoundError(f'{run} is not a finished run (no results.json); finish it, or pass another folder.')
     f = run/PREDICTIONS/f'{split}.csv'

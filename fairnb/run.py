@@ -69,11 +69,11 @@ class Problem:
         if missing: raise NameError(f'{self.notebook} lacks the parameters {missing}.')
         return {k: namespace[k] for k in self.params}
     def given(self, params:dict):
-        "Its defaults with `params` in; fails naming a parameter it does not have."
+        "Its defaults with `params` in (and its one scheme, if any); fails naming a parameter it does not have."
         unknown = [k for k in params if k not in self.params]
         if unknown:
             raise ValueError(f'{self.name} has no parameter(s) {unknown}; its parameters are {list(self.params)}.')
-        return self.defaults() | params
+        return ({'scheme': self.scheme} if self.scheme else {}) | self.defaults() | params
 
 # %% ../nbs/11_run.ipynb #a11c0008
 RUNTIME_PARAMS = dict(   # how a run runs, the same in every experiment (`Problem.params` takes them with **)
@@ -219,7 +219,6 @@ def start_run(problem:Problem, # the experiment, e.g. `fairnb.exp_chexpert.CHEXP
     setup_distributed()   # under torchrun: join the process group; nothing otherwise
     main = is_main()      # under torchrun only rank 0 writes
     params = problem.given(params)
-    if problem.scheme: params = {'scheme': problem.scheme} | params
     out_dir = params.get('out_dir') or problem.out_dir.format(**params)
     if main: lock_run_dir(out_dir)     # before anything is written there: the folder may be another live run's
     try:

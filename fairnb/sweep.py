@@ -12,14 +12,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import fairnb
-from .core import parse_value, read_json
+from .core import RunDirInUse, lock_run_dir, parse_value, read_json, release_run_dir
 from .experiments import PROBLEMS
+from .run import resolve_config
 from .tables import TABLES, Job, _same, get_table, table_jobs
 from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0
-__all__ = ['notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'Outcome', 'job_error',
-           'plan', 'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
+__all__ = ['SWEEP_LOCK', 'notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'Outcome',
+           'job_error', 'plan', 'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
 
 # %% ../nbs/13_sweep.ipynb #5ee90006
 def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: the repository's nbs/
@@ -32,11 +33,14 @@ def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: 
     return d
 
 def check_job_params(jobs:list):
-    "Fail, naming the parameter and the notebook, when a job passes a parameter its notebook lacks."
+    "Fail before anything runs when a job passes a parameter its notebook lacks, or a value its run would refuse."
     for j in jobs:
-        names = list(PROBLEMS[j.problem].params)   # the notebook's parameters cell (a test keeps them equal)
+        p = PROBLEMS[j.problem]; names = list(p.params)   # the notebook's parameters cell (a test keeps them equal)
         bad = [k for k in j.kw if k not in names]
         if bad: raise ValueError(f'{j.notebook} has no parameter(s) {bad}; its parameters are {names}.')
+        try: resolve_config(p, p.given(j.kw))   # the run's own checks: types, values, the data folder
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+            raise ValueError(f'{j.folder} would fail at once: {e}') from None
 
 # %% ../nbs/13_sweep.ipynb #5ee90009
 def _yaml(v):
@@ -98,11 +102,19 @@ def _report_line(o:Outcome):
     return f'[{mark}] {o.job.folder}{took}' + (f': {o.error}' if o.error else '')
 
 # %% ../nbs/13_sweep.ipynb #5ee90032
+SWEEP_LOCK = 'sweep.lock'   # in the sweep's output folder: one sweep at a time writes there
+
 def sweep(table:str, preset:str='cpu', seeds:int=3, out='runs', overrides:dict|None=None, backend=None,
           nbs=None, quiet:bool=False):
-    "Run every job of `table`; returns the list of `Outcome`s (finished, skipped, failed, stopped)."
+    "Run every job of `table`; returns the list of `Outcome`s. Refused while another sweep writes into `out`."
     out, nbs = Path(out), notebooks_dir(nbs)
-    jobs, states = plan(table, preset, seeds, out, overrides, nbs)
+    plan(table, preset, seeds, out, overrides, nbs)   # bad parameters fail before the lock is taken
+    lock_run_dir(out, SWEEP_LOCK, 'fairnb-sweep', '--out (or wait: its runs are then skipped here)')
+    try: return _sweep(table, preset, seeds, out, overrides, backend, nbs, quiet)
+    finally: release_run_dir(out, SWEEP_LOCK)
+
+def _sweep(table, preset, seeds, out, overrides, backend, nbs, quiet):
+    jobs, states = plan(table, preset, seeds, out, overrides, nbs)   # under the lock: no one else writes now
     outcomes = []
     for j in [j for j in jobs if states[j] == 'finished']:
         try: check_finished(out, j); outcomes.append(Outcome(j, 'skipped'))
@@ -225,7 +237,8 @@ def main(argv:list|None=None):
                else LocalBackend(a.jobs, threads=a.threads))
     print(f'{a.table}: {len(jobs)} run(s) into {out}/{a.preset}/, {backend.describe()}', flush=True)
     got = _on_signals(backend)
-    outcomes = sweep(a.table, a.preset, a.seeds, out, overrides, backend, nbs)
+    try: outcomes = sweep(a.table, a.preset, a.seeds, out, overrides, backend, nbs)
+    except (RunDirInUse, OSError) as e: print(f'fairnb-sweep: {e}', file=sys.stderr); return 2
     print('\n'.join(summarize(outcomes)), flush=True)
     if got: return 128 + got[0]
     try:

@@ -429,7 +429,8 @@ def plot_age(runs:pd.DataFrame, table:Table|str, preset:str, attribute:str='age_
     r = r.assign(task=r.task.map(lambda x: 'AVG' if x == 'mean' else TASK_ABBR.get(x, x)))
     if t.tasks: r = r[r.task.isin(t.tasks)]
     if r.empty: return None
-    g = sns.catplot(r, x='group', y='value', hue='label', col='task', kind='point', dodge=0.4, height=3, aspect=1.1,
+    dodge = 0.4 if r.label.nunique() > 1 else False   # one row alone: seaborn's dodge would divide by zero
+    g = sns.catplot(r, x='group', y='value', hue='label', col='task', kind='point', dodge=dodge, height=3, aspect=1.1,
                     errorbar=lambda v: mean_interval(v)[1:3], linestyles='none', col_wrap=min(3, r.task.nunique()))
     g.set_axis_labels(attribute, f'{split} AUC'); g.set_titles('{col_name}'); g.set(ylim=(0, 1))   # AUC's range
     return g

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from papermill.exceptions import PapermillExecutionError
+
 from conftest import launch, run_notebook
 from fairnb.audit import paired_predictions
 from fairnb.results import read_predictions
@@ -125,3 +127,22 @@ def test_runs_of_different_problems_or_images_are_refused(audits):
         paired_predictions(c / 'base' / 'run', f / 'base' / 'run')
     with pytest.raises(FileNotFoundError, match='is not a finished run'):
         paired_predictions(c / 'base', c / 'fair' / 'run')
+    with pytest.raises(ValueError, match='baseline_run and fair_run are the same run'):
+        paired_predictions(c / 'base' / 'run', c / 'base' / 'run' / '.')
+    with pytest.raises(FileNotFoundError, match='does not exist: pass the folder of a finished run'):
+        paired_predictions(c / 'nowhere', c / 'fair' / 'run')
+
+
+@pytest.mark.slow
+def test_runs_scored_on_other_images_are_refused_naming_one(audits, tmp_path):
+    launch('faces', tmp_path / 'seed1', scheme='baseline', seed=1)   # another seed: other test identities
+    with pytest.raises(ValueError, match=r'scored on different test images \(\d+ and \d+; \d+ in only one, e\.g\. '):
+        paired_predictions(audits['faces'] / 'base' / 'run', tmp_path / 'seed1')
+
+
+@pytest.mark.slow
+def test_audit_notebook_refuses_the_same_run_twice(audits, tmp_path):
+    run = str(audits['chexpert'] / 'base' / 'run')
+    with pytest.raises(PapermillExecutionError, match='baseline_run and fair_run are the same run'):
+        run_notebook('audit.ipynb', tmp_path, baseline_run=run, fair_run=run, resamples=20, out_dir=str(tmp_path))
+    assert not (tmp_path / 'audit.csv').exists()

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -119,12 +120,15 @@ def test_two_processes_match_one(tmp_path):
                    if isinstance(v, torch.Tensor))   # the gradients compared are not all zero
 
 
+def _torchrun_cmd(out, *params):
+    return [str(Path(sys.executable).parent/'torchrun'), '--standalone', '--nproc_per_node', '2', '-m',
+            'fairnb.launch', 'chexpert', '-p', 'preset', 'smoke', '-p', 'bootstrap', '0', '-p', 'device', 'cpu',
+            '-p', 'scheme', 'eq_loss', '-p', 'penalty_on', 'holdout', '-p', 'out_dir', str(out), *params]
+
+
 def _torchrun(out, *params):
-    cmd = [str(Path(sys.executable).parent/'torchrun'), '--standalone', '--nproc_per_node', '2', '-m',
-           'fairnb.launch', 'chexpert', '-p', 'preset', 'smoke', '-p', 'bootstrap', '0', '-p', 'device', 'cpu',
-           '-p', 'scheme', 'eq_loss', '-p', 'penalty_on', 'holdout', '-p', 'out_dir', str(out), *params]
     env = os.environ | {'OMP_NUM_THREADS': '1'}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(_torchrun_cmd(out, *params), capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout
 
@@ -142,3 +146,27 @@ def test_torchrun_smoke_chexpert(tmp_path):
     _torchrun(out, '-p', 'resume', 'True', '-p', 'overwrite', 'True')   # every process loads the checkpoint
     pd.testing.assert_frame_equal(pd.read_csv(out/'history.csv'), first)   # nothing left to train: the same history
     assert json.loads((out/'config.json').read_text())['scheme'] == 'eq_loss'
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_stops_the_others_and_the_run_resumes(tmp_path):
+    "SIGKILL to rank 1 mid-run: torchrun ends rank 0 too, soon, with no results; the same command with resume finishes."
+    import psutil
+    out = tmp_path/'run'
+    p = subprocess.Popen(_torchrun_cmd(out, '-p', 'epochs', '6'), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=os.environ | {'OMP_NUM_THREADS': '1'})
+    t0 = time.time()
+    while not (out/'checkpoint.pt').exists():   # the first epoch is done
+        assert p.poll() is None and time.time() - t0 < 300, p.stdout.read()[-3000:] if p.poll() is not None else 'slow'
+        time.sleep(0.1)
+    tree = psutil.Process(p.pid).children(recursive=True)
+    rank1 = [c for c in tree if c.environ().get('RANK') == '1']
+    assert len(rank1) == 1, [c.cmdline() for c in tree]
+    rank1[0].kill(); killed = time.time()
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode != 0 and time.time() - killed < 60, log[-3000:]
+    assert not [c for c in tree if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]   # nothing left running
+    assert not (out/'results.json').exists()
+    _torchrun(out, '-p', 'epochs', '6', '-p', 'resume', 'True')
+    history = pd.read_csv(out/'history.csv')
+    assert history.epoch.tolist() == list(range(1, 7)) and (out/'results.json').exists()

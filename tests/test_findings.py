@@ -100,3 +100,18 @@ def test_html_export_renders_in_chromium(reported):
     dom = subprocess.run([chromium, '--headless', '--no-sandbox', '--disable-gpu', '--dump-dom',
                           nb.with_suffix('.html').as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert 'The verdicts' in dom and 'F8' in dom and dom.count('<img') >= len(FINDINGS)
+
+
+@pytest.mark.slow
+def test_a_cell_whose_every_run_failed_is_listed_and_its_claims_have_no_runs(reported, tmp_path):
+    "Every min-max run fails (someone's crashed runs of another configuration sit in its folders): the report ends."
+    from fairnb.core import write_json
+    runs = tmp_path / 'runs'
+    shutil.copytree(reported['dir'] / 'runs', runs)
+    for d in (runs / 'smoke').glob('chexpert-minmax-*'):
+        shutil.rmtree(d); write_json(d / 'config.json', {'problem': 'chexpert', 'scheme': 'minmax', 'lr': 0.5})
+    text = _text(_papermill(tmp_path / 'findings.ipynb', runs))
+    assert '2 run(s) failed twice' in text and 'cells without a finished run: chexpert: MIN-MAX LOSS' in text, text
+    verdicts = finding_verdicts(pd.read_csv(runs / 'findings.csv')).set_index('finding')
+    assert verdicts.verdict['F3'] == 'no runs' and verdicts.seeds['F3'] == 0
+    assert (verdicts.drop('F3').seeds == 2).all()

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import psutil
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from conftest import NBS, run_notebook, stream_outputs
+from conftest import NBS, launch, run_notebook, stream_outputs
 from fairnb.chexpert import write_synthetic_chexpert
 from fairnb.results import read_results
 from fairnb.train import load_checkpoint
@@ -242,3 +243,31 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     state = load_checkpoint(tmp_path / 'checkpoint.pt')
     assert state['epoch'] == 1 and len(state['history']) == 1
     assert all(torch.isfinite(v).all() for v in state['model'].values())
+
+
+def test_a_full_disk_at_the_last_write_fails_clearly_and_leaves_no_results(tmp_path):
+    "The disk fills as results.json is written: a clear error, the run marked failed, no partial results.json."
+    import errno
+    from unittest import mock
+    real = os.replace
+    def replace(src, dst):
+        if Path(dst).name == 'results.json': raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(src, dst)
+    with mock.patch('os.replace', side_effect=replace), \
+            pytest.raises(OSError, match=r'cannot write .*results\.json \(No space left on device\): is .* full or '
+                                         r'read-only\? Free space or fix its permissions'):
+        launch('chexpert', tmp_path / 'run', scheme='baseline', bootstrap=10)
+    assert not (tmp_path / 'run' / 'results.json').exists()
+    assert not [p.name for p in (tmp_path / 'run').iterdir() if p.name.endswith('.tmp')]
+    assert 'No space left on device' in json.loads((tmp_path / 'run' / 'failed.json').read_text())['error']
+
+
+def test_an_unwritable_output_folder_stops_a_run_and_a_sweep_with_a_clear_message(tmp_path):
+    (tmp_path / 'a-file').write_text('')   # a folder that cannot be made: its parent is a file
+    with pytest.raises(OSError, match=r'cannot write into .*a-file/run \(Not a directory\).*choose another out_dir'):
+        launch('chexpert', tmp_path / 'a-file' / 'run')
+    done = subprocess.run([str(Path(sys.executable).parent / 'fairnb-sweep'), 'table10', '--preset', 'smoke',
+                           '--seeds', '1', '--out', str(tmp_path / 'a-file' / 'runs')], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and 'cannot write into' in done.stderr and 'choose another --out' in done.stderr, \
+        done.stderr

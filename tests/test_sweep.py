@@ -151,3 +151,25 @@ def test_ray_backend_gives_the_local_results(swept, ray_head, tmp_path):
         assert ours[['split', 'attribute', 'group', 'task', 'metric']].equals(
             local[['split', 'attribute', 'group', 'task', 'metric']])
         np.testing.assert_allclose(ours.value, local.value, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_ray_worker_that_dies_is_never_counted_finished(ray_head, tmp_path):
+    "SIGKILL to the Ray worker running a job: Ray retries it, or the sweep reports it failed; never 'done' without results."
+    out = tmp_path / 'ray-runs'
+    sweep = subprocess.Popen(SWEEP[:4] + ['--seeds', '1', '--threads', '1', '--out', str(out), '--backend', 'ray',
+                                          '--address', ray_head], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    _wait_for(out / 'smoke' / 'chexpert-baseline-seed0' / 'config.json', sweep)
+    workers = [p for p in psutil.process_iter(['cmdline']) if 'ray::_ray_task' in ' '.join(p.info['cmdline'] or [])]
+    assert workers, 'no Ray worker is running a job'
+    for w in workers: w.kill()
+    log, _ = sweep.communicate(timeout=1200)
+    done = re.findall(r'\[done\] (\S+)', log)
+    assert done, log
+    for name in done:   # whatever it reports finished is finished
+        assert read_results(out / name)[0]['config']['preset'] == 'smoke'
+    failed = re.findall(r'\[FAIL\] (\S+)', log)
+    assert sorted(done + failed) == ['smoke/chexpert-baseline-seed0', 'smoke/chexpert-minmax-seed0'], log
+    assert all(not (out / name / 'results.json').exists() for name in failed)
+    assert (sweep.returncode == 0) == (not failed), log
