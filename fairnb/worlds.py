@@ -5,6 +5,7 @@
 # %% ../nbs/09a_worlds.ipynb #a9w00003
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -137,7 +138,7 @@ def plot_knob_effects(effects:pd.DataFrame): # from `knob_effects`
                       for arm in ('null', 'on')])
     g = sns.FacetGrid(long, col='knob', col_wrap=min(5, len(effects)), sharey=False, height=2.2, aspect=1.1)
     def draw(data, **kw):
-        ax = kw.pop('ax', None) or __import__('matplotlib.pyplot').pyplot.gca()
+        ax = plt.gca()
         err = [(data.v - data.lo).fillna(0), (data.hi - data.v).fillna(0)]
         ax.errorbar(data.arm, data.v, yerr=err, fmt='o', capsize=4, color='C3' if not data.moved.all() else 'C0')
         ax.set_ylabel(data.quantity.iloc[0], fontsize=7)
