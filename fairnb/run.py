@@ -57,7 +57,8 @@ class Problem:
     positive: tuple = () # keys that must be numbers > 0
     check: Callable|None = None # config -> None: further checks, before any data is read
     scheme: str|None = None # the scheme, when the problem has only one
-    fit_bar: float = 0.95 # the training score per group at which a model counts as fitting its training set
+    fit_bar: float = 0.95 # the lowest training score per group of the paper's own baselines: a model below it
+                          # does not fit its training set as the paper's did
     minutes: dict = field(default_factory=dict) # rough minutes per run and preset (smoke, cpu: 2 cores; paper: a GPU)
     torchrun: bool = True # whether it trains under torchrun
     worlds: dict = field(default_factory=lambda: {'default': {}}) # synthetic world -> the data writer's knobs

@@ -11,7 +11,8 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['mean_interval', 'paired_interval', 'variance_ratio', 'bootstrap_p', 'two_proportion_test']
+__all__ = ['mean_interval', 'paired_interval', 'variance_ratio', 'hierarchical_replicates', 't_part', 'holm', 'bootstrap_p',
+           'two_proportion_test']
 
 # %% ../nbs/00b_stats.ipynb #c011ec07
 def mean_interval(values, level:float=0.95): # one figure per seed
@@ -35,6 +36,43 @@ def variance_ratio(a:pd.Series, b:pd.Series, level:float=0.95): # one figure per
     r, q = a.var() / b.var(), (1 - level) / 2
     da, db = len(a) - 1, len(b) - 1
     return (math.log(r), math.log(r / stats.f.ppf(1 - q, da, db)), math.log(r / stats.f.ppf(q, da, db)), len(a))
+
+# %% ../nbs/00b_stats.ipynb #57a70021
+def hierarchical_replicates(values:np.ndarray, # (K, S, 1 + R): K quantities, S seeds; column 0 on the data,
+                            fn=None, # (K,) means over seeds -> the statistic; None: the first quantity's mean
+                            boots:int=2000, seed:int=0): # columns 1..R on test-set resamples
+    "(estimate, replicates): `fn` of the means over seeds; each replicate redraws the seeds, then one test resample."
+    v = np.asarray(values, dtype=float); fn = fn or (lambda m: m[0])
+    k, s, c = v.shape; rng = np.random.default_rng(seed)
+    est = fn(v[:, :, 0].mean(1))
+    seeds = rng.integers(0, s, (boots, s)); cols = 1 + rng.integers(0, c - 1, boots) if c > 1 else np.zeros(boots, int)
+    means = v[:, seeds, cols[:, None]].mean(2)   # (K, B)
+    reps = np.asarray(fn(means), dtype=float)   # arithmetic on the rows: all replicates at once
+    if reps.shape != (boots,): reps = np.array([fn(means[:, b]) for b in range(boots)])
+    return float(est), reps
+
+# %% ../nbs/00b_stats.ipynb #57a70023
+def t_part(estimate:float, replicates:np.ndarray, seeds:int, # the statistic, its replicates, the seeds behind it
+           threshold:float=0.0, level:float=0.95, power:float=0.8):
+    "The statistic tested against `threshold` with Student t on n - 1 degrees of freedom and the replicates' SE."
+    r = np.asarray(replicates, dtype=float); r = r[np.isfinite(r)]
+    if seeds < 2 or len(r) < 2 or not np.isfinite(estimate):
+        return dict(value=estimate, low=np.nan, high=np.nan, se=np.nan, p_above=np.nan, p_below=np.nan, mde=np.nan)
+    se = float(r.std(ddof=1) * math.sqrt(seeds / (seeds - 1))); df = seeds - 1
+    q = stats.t.ppf(0.5 + level / 2, df)
+    d = estimate - threshold   # no spread (figures equal on every seed): the sign decides, or nothing does
+    z = d / se if se > 0 else 0.0 if d == 0 else math.copysign(math.inf, d)
+    return dict(value=estimate, low=estimate - q * se, high=estimate + q * se, se=se,
+                p_above=float(stats.t.sf(z, df)), p_below=float(stats.t.cdf(z, df)),
+                mde=float((stats.t.ppf(1 - (1 - level) / 2, df) + stats.t.ppf(power, df)) * se))
+
+def holm(p): # one-sided p-values; NaN left out
+    "Holm's step-down adjusted p-values, in the input's order (NaN stays NaN)."
+    p = np.asarray(p, dtype=float); out = np.full(len(p), np.nan); ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind='stable')]
+    adj = np.maximum.accumulate(np.minimum(1.0, (len(order) - np.arange(len(order))) * p[order]))
+    out[order] = adj
+    return out
 
 # %% ../nbs/00b_stats.ipynb #57a70007
 def bootstrap_p(delta:np.ndarray): # (R,) resampled changes

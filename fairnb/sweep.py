@@ -15,12 +15,13 @@ import fairnb
 from .core import RunDirInUse, lock_run_dir, parse_value, read_json, release_run_dir
 from .experiments import PROBLEMS
 from .run import resolve_config
-from .tables import TABLES, Job, _same, get_table, table_jobs
+from .tables import TABLES, Job, _same, findings_table, get_table, seed_list, table_jobs
 from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0
 __all__ = ['SWEEP_LOCK', 'notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'Outcome',
-           'job_error', 'plan', 'sweep', 'summarize', 'report', 'table_list', 'parse_overrides', 'main']
+           'job_error', 'plan', 'sweep', 'sweep_stage', 'summarize', 'report', 'table_list', 'seeds_arg',
+           'parse_overrides', 'main']
 
 # %% ../nbs/13_sweep.ipynb #5ee90006
 def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: the repository's nbs/
@@ -90,7 +91,7 @@ def job_error(out:Path, job:Job, rc:int):
     return f'papermill exited with status {rc}: ' + ' | '.join(tail) + f' (see {log})'
 
 # %% ../nbs/13_sweep.ipynb #5ee90031
-def plan(table:str, preset:str, seeds:int, out:Path, overrides:dict|None=None, nbs:Path|None=None):
+def plan(table:str, preset:str, seeds, out:Path, overrides:dict|None=None, nbs:Path|None=None):
     "(jobs, states): the table's jobs, checked against the notebooks, and the state of each folder."
     jobs = table_jobs(table, preset, seeds, overrides)
     notebooks_dir(nbs); check_job_params(jobs)
@@ -104,7 +105,7 @@ def _report_line(o:Outcome):
 # %% ../nbs/13_sweep.ipynb #5ee90032
 SWEEP_LOCK = 'sweep.lock'   # in the sweep's output folder: one sweep at a time writes there
 
-def sweep(table:str, preset:str='cpu', seeds:int=3, out='runs', overrides:dict|None=None, backend=None,
+def sweep(table:str, preset:str='cpu', seeds=3, out='runs', overrides:dict|None=None, backend=None,
           nbs=None, quiet:bool=False):
     "Run every job of `table`; returns the list of `Outcome`s. Refused while another sweep writes into `out`."
     out, nbs = Path(out), notebooks_dir(nbs)
@@ -136,6 +137,17 @@ def _outcome(out, job, rc, seconds, stopped=False):
     if rc == 0 and (Path(out)/job.folder/'results.json').exists(): return Outcome(job, 'finished', seconds)
     if rc is None or stopped: return Outcome(job, 'stopped', seconds)
     return Outcome(job, 'failed', seconds, job_error(out, job, rc))
+
+# %% ../nbs/13_sweep.ipynb #5ee900b1
+def sweep_stage(families:tuple, stage:str, seeds, out, preset:str, # ('chexpert', 'faces'); 'tune' or 'confirm'
+                overrides:dict, chosen:dict|None=None, jobs:int=1, attempts:int=2): # family -> its parameters
+    "The outcomes of sweeping every family's findings table of `stage`."
+    tables = [(findings_table(f, stage, chosen), overrides.get(f)) for f in families]   # unknown families fail here
+    for _ in range(attempts):
+        outcomes = [o for t, over in tables for o in sweep(t.name, preset, seeds, out, overrides=over, quiet=True,
+                                                           backend=LocalBackend(jobs=jobs))]
+        if all(o.status in ('finished', 'skipped') for o in outcomes): break
+    return outcomes
 
 # %% ../nbs/13_sweep.ipynb #5ee90034
 def summarize(outcomes:list):
@@ -169,16 +181,23 @@ def report(table:str, out, preset:str|None=None, nbs=None):
 # %% ../nbs/13_sweep.ipynb #5ee90039
 def _duration(minutes:float): return f'{minutes:.0f} min' if minutes < 90 else f'{minutes / 60:.0f} h'
 
-def table_list(seeds:int=3):
+def table_list(seeds=3):
     "Lines: each table, its runs per seed and in all, and the rough time of each preset."
     lines = [f'{"table":8} {"runs/seed":>9} {"runs":>5}  {"smoke":>8} {"cpu":>8} {"paper (GPU-hours)":>18}  what']
     for name, t in TABLES.items():
         jobs = table_jobs(t, 'cpu', seeds)
         est = {p: sum(PROBLEMS[j.problem].minutes[p] * (5 if p == 'paper' and t.on_preset.get('paper') else 1)
                       for j in jobs) for p in ('smoke', 'cpu', 'paper')}
-        lines.append(f'{name:8} {len(jobs) // seeds:>9} {len(jobs):>5}  {_duration(est["smoke"]):>8} '
+        lines.append(f'{name:8} {len(jobs) // len(seed_list(seeds)):>9} {len(jobs):>5}  {_duration(est["smoke"]):>8} '
                      f'{_duration(est["cpu"]):>8} {est["paper"] / 60:>18,.0f}  {t.title}')
     return lines + [f'(seeds={seeds}; times are rough and serial: divide by --jobs, or by the GPUs or Ray slots.)']
+
+# %% ../nbs/13_sweep.ipynb #5ee900a1
+def seeds_arg(text:str):
+    "`--seeds`: N (seeds 0 .. N-1) or a comma-separated list of seeds (the findings' tuning seeds: 100,101)."
+    try: v = [int(x) for x in text.split(',')]
+    except ValueError: raise argparse.ArgumentTypeError(f'--seeds takes N or a list such as 100,101; got {text!r}.')
+    return v if ',' in text else v[0]
 
 # %% ../nbs/13_sweep.ipynb #5ee90041
 def parse_overrides(items:list): # ['epochs=2', 'data_dir=/data/CheXpert-v1.0-small']
@@ -195,7 +214,7 @@ def _parser():
                                 'tables (papermill, one folder per run) and report the table.')
     p.add_argument('table', nargs='?', help='table1, table6, ... (--list shows them)')
     p.add_argument('--preset', default='cpu', help="smoke, cpu (default) or paper")
-    p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 (default 3)')
+    p.add_argument('--seeds', type=seeds_arg, default=3, help='N: seeds 0..N-1 (default 3); or a list: 100,101')
     p.add_argument('--out', default='runs', help='output folder (default runs/); runs go to OUT/PRESET/NAME/')
     p.add_argument('--jobs', type=int, default=None, help='runs at once on this machine (default: one per GPU, else 1)')
     p.add_argument('--threads', type=int, default=None,

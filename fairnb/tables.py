@@ -20,11 +20,12 @@ from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
-__all__ = ['TABLES', 'FINDINGS_CX', 'FINDINGS_FACES', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES',
-           'Cell', 'cell', 'Table', 'register_table', 'get_table', 'run_name', 'Job', 'table_jobs', 'paper_values',
-           'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout', 'angles_layout', 'sirn_layout',
-           'demographics_layout', 'cell_runs', 'table_results', 'table_preset', 'run_counts', 'layout_table',
-           'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts', 'plot_closable']
+__all__ = ['TABLES', 'ARMS', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table',
+           'register_table', 'get_table', 'Arm', 'register_arm', 'findings_table', 'run_name', 'Job', 'seed_list',
+           'table_jobs', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
+           'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results', 'table_preset',
+           'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts',
+           'plot_closable']
 
 # %% ../nbs/12_tables.ipynb #7ab1e006
 @dataclass(frozen=True)
@@ -129,26 +130,70 @@ register_table(Table('table3', 'Faces, ResNet-152 + SIRN: test accuracy per sex 
     on_preset=_R152, figures=('curves',)))
 
 # %% ../nbs/12_tables.ipynb #7ab1e051
-FINDINGS_CX = dict(base=cell('BASELINE', 'chexpert', scheme='baseline'),
-                   eq_train=cell('EQ. LOSS TRAIN', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='train'),
-                   eq_holdout=cell('EQ. LOSS VAL', 'chexpert', scheme='eq_loss', alpha=100.0, penalty_on='holdout'),
-                   minmax=cell('MIN-MAX LOSS', 'chexpert', scheme='minmax'),
-                   flip=cell('RANDOM FLIP beta = 0.1 MALE FLIPPED', 'chexpert', scheme='label_flip', flip_rate=0.1,
-                             flip_group='male'))
-FINDINGS_FACES = dict(base=cell('BASELINE', 'faces', 'BASELINE', scheme='baseline'),
-                      margins=cell('ADJUSTED ANGLE MARGINS', 'faces', 'FAIR', scheme='margins', margin=0.75,
-                                   margin_group='female'),
-                      flip=cell('RANDOM LABELS FLIPPING', 'faces', 'p = 0.3', scheme='label_flip', flip_rate=0.3,
-                                flip_group='male'),
-                      ff_base=cell('FAIR FEATURES', 'fair_features', 'BASELINE', alpha=0.0),
-                      ff_female=cell('FAIR FEATURES (FEMALES)', 'fair_features', 'alpha = 1', alpha=1.0,
-                                     penalized_group='female'),
-                      ff_male=cell('FAIR FEATURES (MALES)', 'fair_features', 'alpha = 1', alpha=1.0,
-                                   penalized_group='male'))
-register_table(Table('findings_chexpert', "The CheXpert runs behind the paper's claims (F1-F3, F6-F8)", 'findings',
-                     tuple(FINDINGS_CX.values()), report='findings'))
-register_table(Table('findings_faces', "The face runs behind the paper's claims (F4-F6)", 'findings',
-                     tuple(FINDINGS_FACES.values()), report='findings'))   # paper: the preset's ResNet-18, as Table 6
+@dataclass(frozen=True)
+class Arm:
+    "One intervention of the findings report: a cell, and the knob it is tuned by with the grid tried."
+    key: str
+    family: str      # 'chexpert' or 'faces' (face recognition and fair features)
+    problem: str
+    block: str
+    params: tuple    # ((name, value), ...) fixed
+    knob: str|None = None   # the tuned parameter ('alpha', 's'); None: not tuned
+    grid: tuple = ()        # the knob's values on the tuning seeds
+    default: float|None = None   # the paper's value: the confirmation table's until the report chooses
+
+    def cell(self, value=None):
+        "This arm's cell with its knob at `value` (the default when None)."
+        kw = dict(self.params) | ({self.knob: float(self.default if value is None else value)} if self.knob else {})
+        row = f'{self.knob} = {kw[self.knob]:g}' if self.knob else None
+        return cell(self.block, self.problem, row, **kw)
+
+ARMS = {}
+def register_arm(a:Arm): ARMS[a.key] = a; return a
+
+# %% ../nbs/12_tables.ipynb #7ab1e052
+_ALPHA_CX, _ALPHA_EQ, _ALPHA_FACE, _ALPHA_SIRN = (1.0, 10.0, 100.0, 1000.0), (0.1, 1.0, 10.0, 100.0), \
+    (0.1, 0.3, 1.0, 3.0), (1.0, 2.0, 3.0, 10.0)
+for _a in (Arm('cx_base', 'chexpert', 'chexpert', 'BASELINE', (('scheme', 'baseline'),)),
+           Arm('eo_train', 'chexpert', 'chexpert', 'EQ. ODDS PENALTY', (('penalty_on', 'train'), ('scheme', 'eq_odds')),
+               'alpha', _ALPHA_CX, 1000.0),
+           Arm('di_train', 'chexpert', 'chexpert', 'DISP. IMPACT PENALTY',
+               (('penalty_on', 'train'), ('scheme', 'disp_impact')), 'alpha', _ALPHA_CX, 1000.0),
+           Arm('eq_holdout', 'chexpert', 'chexpert', 'EQ. LOSS VAL', (('penalty_on', 'holdout'), ('scheme', 'eq_loss')),
+               'alpha', _ALPHA_EQ, 100.0),
+           *(Arm(f'flip_{g}_{b:g}', 'chexpert', 'chexpert', f'RANDOM FLIP beta = {b:g} {g.upper()} FLIPPED',
+                 (('flip_group', g), ('flip_rate', b), ('scheme', 'label_flip'))) for g in ('male', 'female')
+             for b in (0.01, 0.05, 0.1)),
+           Arm('fc_base', 'faces', 'faces', 'BASELINE', (('scheme', 'baseline'),)),
+           Arm('fc_eq_train', 'faces', 'faces', 'EQUAL LOSSES PENALTY ON TRAIN SET',
+               (('penalty_on', 'train'), ('scheme', 'eq_loss')), 'alpha', _ALPHA_FACE, 1.0),
+           Arm('fc_eq_holdout', 'faces', 'faces', 'EQUAL LOSSES PENALTY ON HOLDOUT SET',
+               (('penalty_on', 'holdout'), ('scheme', 'eq_loss')), 'alpha', _ALPHA_FACE, 1.0),
+           Arm('fc_minmax', 'faces', 'faces', 'MIN-MAX', (('scheme', 'minmax'),)),
+           Arm('fc_margins', 'faces', 'faces', 'ADJUSTED ANGLE MARGINS',
+               (('margin', 0.75), ('margin_group', 'female'), ('scheme', 'margins')), 's', (16.0, 32.0, 64.0), 64.0),
+           Arm('fc_flip', 'faces', 'faces', 'RANDOM LABELS FLIPPING',
+               (('flip_group', 'male'), ('flip_rate', 0.3), ('scheme', 'label_flip'))),
+           Arm('ff_base', 'faces', 'fair_features', 'FAIR FEATURES', (('alpha', 0.0),)),
+           *(Arm(f'ff_{g}', 'faces', 'fair_features', f'FAIR FEATURES ({g.upper()}S)', (('penalized_group', g),),
+                 'alpha', _ALPHA_SIRN, 1.0) for g in ('female', 'male'))):
+    register_arm(_a)
+
+def findings_table(family:str, stage:str, # 'chexpert' or 'faces'; 'tune' or 'confirm'
+                   chosen:dict|None=None): # arm key -> its chosen knob value (confirm); None: the paper's
+    "The findings runs of `family` at `stage`, registered as `findings_<stage>_<family>`."
+    arms = [a for a in ARMS.values() if a.family == family]
+    if not arms: raise ValueError(f"Unknown family {family!r}; choose 'chexpert' or 'faces'.")
+    if stage == 'tune': cells = [a.cell(v) for a in arms for v in (a.grid or [None]) if a.grid or 'base' in a.key]
+    elif stage == 'confirm':
+        chosen = chosen or {}
+        cells = [a.cell(chosen.get(a.key)) for a in arms if not a.knob or chosen.get(a.key, 0) is not None]
+    else: raise ValueError(f"stage must be 'tune' or 'confirm', got {stage!r}.")
+    return register_table(Table(f'findings_{stage}_{family}', f'The findings report: {family}, {stage} stage',
+                                'findings', tuple(dict.fromkeys(cells)), report='findings'))
+
+for _f in ('chexpert', 'faces'):
+    for _s in ('tune', 'confirm'): findings_table(_f, _s)
 
 # %% ../nbs/12_tables.ipynb #7ab1e0f2
 register_table(Table('oracle_chexpert', 'CheXpert, synthetic: the baseline beside runs that know the groups and the '
@@ -194,15 +239,25 @@ class Job:
     @property
     def kw(self): return dict(self.params)
 
-def table_jobs(table:Table|str, preset:str, seeds:int=3, # seeds 0 .. seeds-1
+def seed_list(seeds): # n: seeds 0 .. n-1; or the seeds themselves (a list, a range)
+    "The seeds a sweep runs, as a list of distinct integers >= 0."
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1: raise ValueError(f'seeds must be an integer >= 1, got {seeds!r}.')
+        return list(range(seeds))
+    out = list(seeds) if isinstance(seeds, (list, tuple, range)) else None
+    if not out or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in out) or len(set(out)) < len(out):
+        raise ValueError(f'seeds must be an integer >= 1 or a list of distinct integers >= 0, got {seeds!r}.')
+    return out
+
+def table_jobs(table:Table|str, preset:str, seeds=3, # n: seeds 0 .. n-1; or a list of seeds
                overrides:dict|None=None): # parameters every run takes (data_dir, epochs, ...)
     "The distinct runs that fill `table` under `preset`, seed by seed, in the paper's row order."
     t = get_table(table) if isinstance(table, str) else table
-    if not isinstance(seeds, int) or seeds < 1: raise ValueError(f'seeds must be an integer >= 1, got {seeds!r}.')
+    seeds = seed_list(seeds)
     fixed = sorted({'seed', 'preset', 'out_dir'} & set(overrides or {}))
     if fixed: raise ValueError(f'{fixed} are set by the sweep itself (--seeds, --preset, --out), not by --set.')
     jobs, names = {}, {}
-    for seed in range(seeds):
+    for seed in seeds:
         for c in t.cells:
             p = {**c.kw, **t.on_preset.get(preset, {}), **(overrides or {}), 'preset': preset, 'seed': seed}
             job = Job(c.problem, tuple(p.items()), f'{preset}/{run_name(c.problem, p, seed)}')
