@@ -318,8 +318,6 @@ register_finding(Finding('F6b', 'On CheXpert, label flipping is unstable: the te
 FINDINGS = dict(sorted(FINDINGS.items()))
 
 # %% ../nbs/17_findings.ipynb #f17e0037
-def _family(f:Finding, key:str): return ARMS[key].family
-
 def assess(figs:dict, chosen:dict|None=None, findings:dict|None=None, # `gather` output on the confirm half
            families=('chexpert', 'faces')):
     "One row per part of every finding's arms: statistic, interval, threshold, Holm-adjusted p-values, verdict."
