@@ -17,7 +17,7 @@ from .metrics import group_resampled_auc, group_resampled_means
 from .report import with_interval
 from .results import read_json
 from .stats import hierarchical_replicates, holm, t_part
-from .tables import ARMS, Arm, Cell, findings_table, run_name, seed_list
+from .tables import ARMS, Arm, Cell, cell_job, findings_table, seed_list
 from .experiments import PROBLEMS
 
 # %% auto #0
@@ -92,8 +92,7 @@ def row_figures(rows:pd.DataFrame, problem:str): # a run's results rows
 # %% ../nbs/17_findings.ipynb #f17e0018
 def run_folder(runs_dir, preset:str, c:Cell, seed:int, overrides:dict|None=None):
     "Where a sweep of `c` under `preset` puts the run of `seed`."
-    p = {**c.kw, **(overrides or {}), 'preset': preset, 'seed': seed}
-    return Path(runs_dir)/preset/run_name(c.problem, p, seed)
+    return Path(runs_dir)/cell_job(c, preset, seed, overrides).folder
 
 def run_figures(run, half:str='confirm', resamples:int=RESAMPLES): # a finished run folder; 'tune' or 'confirm'
     "A run's figures, (1 + R,) each: from its test predictions (on `half`) and its results rows."

@@ -22,7 +22,7 @@ from .experiments import PROBLEMS, get_problem
 # %% auto #0
 __all__ = ['TABLES', 'ARMS', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table',
            'register_table', 'get_table', 'Arm', 'register_arm', 'findings_table', 'run_name', 'Job', 'seed_list',
-           'table_jobs', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
+           'cell_job', 'table_jobs', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
            'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results', 'table_preset',
            'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts',
            'plot_closable']
@@ -249,6 +249,11 @@ def seed_list(seeds): # n: seeds 0 .. n-1; or the seeds themselves (a list, a ra
         raise ValueError(f'seeds must be an integer >= 1 or a list of distinct integers >= 0, got {seeds!r}.')
     return out
 
+def cell_job(c:Cell, preset:str, seed:int, overrides:dict|None=None, on_preset:dict|None=None):
+    "The run of cell `c` under `preset` for `seed`: its parameters and its folder, `<preset>/<run_name>`."
+    p = {**c.kw, **(on_preset or {}), **(overrides or {}), 'preset': preset, 'seed': seed}
+    return Job(c.problem, tuple(p.items()), f'{preset}/{run_name(c.problem, p, seed)}')
+
 def table_jobs(table:Table|str, preset:str, seeds=3, # n: seeds 0 .. n-1; or a list of seeds
                overrides:dict|None=None): # parameters every run takes (data_dir, epochs, ...)
     "The distinct runs that fill `table` under `preset`, seed by seed, in the paper's row order."
@@ -259,8 +264,7 @@ def table_jobs(table:Table|str, preset:str, seeds=3, # n: seeds 0 .. n-1; or a l
     jobs, names = {}, {}
     for seed in seeds:
         for c in t.cells:
-            p = {**c.kw, **t.on_preset.get(preset, {}), **(overrides or {}), 'preset': preset, 'seed': seed}
-            job = Job(c.problem, tuple(p.items()), f'{preset}/{run_name(c.problem, p, seed)}')
+            job = cell_job(c, preset, seed, overrides, t.on_preset.get(preset))
             if names.setdefault(job.folder, job) != job:
                 raise ValueError(f'{names[job.folder].kw} and {job.kw} would share the folder {job.folder}.')
             jobs.setdefault(job, None)
