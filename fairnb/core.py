@@ -288,8 +288,9 @@ def check_types(config:dict, types:dict): # key -> a type (int, float, bool, str
         ts = t if isinstance(t, tuple) else (t,)
         if k in config and not any(_is_type(config[k], x) for x in ts):
             need = ' or '.join(_TYPE_NAMES[x] for x in ts)
-            raise ValueError(f'{k} must be {need}, got {config[k]!r} ({type(config[k]).__name__}). '
-                             f'(papermill reads -p values as YAML: -p {k} 3 is a number, -p {k} abc is text.)')
+            how = (f'papermill -p passes a list as text: give it with -y "{k}: [a, b]"' if list in ts else
+                   f'papermill reads -p values as YAML: -p {k} 3 is a number, -p {k} abc is text.')
+            raise ValueError(f'{k} must be {need}, got {config[k]!r} ({type(config[k]).__name__}). ({how})')
     return config
 
 # %% ../nbs/00_core.ipynb #c0de0103

@@ -19,9 +19,10 @@ from .core import progress
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
-           'dataset_attributes', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition', 'composition_rows',
-           'split_sizes', 'check_groups', 'decode_text', 'read_csv_rows', 'find_bad_images', 'drop_bad_images',
-           'ImageTable', 'relabel_within_group', 'balanced_index']
+           'dataset_attributes', 'group_order', 'register_groups', 'register_run_groups', 'encode_sex', 'age_group',
+           'split_by_patient', 'group_composition', 'composition_rows', 'split_sizes', 'check_groups', 'decode_text',
+           'read_csv_rows', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'relabel_within_group',
+           'balanced_index']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -67,6 +68,27 @@ AGE_GROUP = register_attribute(Attribute('age_group', ('<40', '40-59', '60-79', 
 YOUNG_OLD = register_attribute(Attribute('young_old', ('young', 'old'), ('celeba',)))
 RACE = register_attribute(Attribute('race', ('African', 'Asian', 'Caucasian', 'Indian'), ('bupt',)))
 AGE_EDGES = (40, 60, 80)  # left edges of age groups 1, 2, 3
+
+# %% ../nbs/01_data.ipynb #d4a70002
+def group_order(values): # group names as found
+    "The distinct `values` in reading order: numerically when every one is a number (skin types 1-6), else by name."
+    vals = sorted({str(v) for v in values})
+    try: return tuple(sorted(vals, key=float))
+    except ValueError: return tuple(vals)
+
+def register_groups(name:str, groups, dataset:str='images'):
+    "The attribute `name` with `groups`: fairnb's own when they are among its groups, else registered anew."
+    groups, old = tuple(groups), ATTRIBUTES.get(name)
+    if old is not None and set(groups) <= set(old.groups): return old
+    if old is not None and set(old.datasets) - {dataset}:
+        raise ValueError(f'column {name!r} holds the groups {list(groups)}, but {name!r} is fairnb\'s attribute of '
+                         f'{list(old.datasets)} with the groups {list(old.groups)}: write its values as those, or '
+                         'rename the column.')
+    return register_attribute(Attribute(name, groups, (dataset,)))
+
+def register_run_groups(config:dict): # a run's configuration
+    "Register the attributes a run's data brought (`config['groups']`); returns their names."
+    return [register_groups(k, v).name for k, v in (config.get('groups') or {}).items()]
 
 # %% ../nbs/01_data.ipynb #17becb7a
 def encode_sex(sex:pd.Series):
@@ -141,13 +163,15 @@ def decode_text(path, fix:str=''): # what to do about a damaged file, appended t
         raise ValueError(f'{path} line {line}: byte {data[e.start]:#04x} is not UTF-8 text; the file is damaged or '
                          f'was saved in another encoding. {fix}'.rstrip()) from None
 
-def read_csv_rows(path, fix:str=''): # what to do about a damaged file, appended to the message
+def read_csv_rows(path, fix:str='', # what to do about a damaged file, appended to the message
+                  trailing_comma:bool=False): # lines may end with a comma (NIH's Data_Entry_2017.csv): drop it
     "(header, rows, line numbers) of a CSV file, every row checked to hold the header's number of fields."
     path = Path(path); text = decode_text(path, fix)
     reader = csv.reader(io.StringIO(text), strict=True)
     try: table = [(reader.line_num, r) for r in reader if r]   # blank lines skipped
     except csv.Error as e:
         raise ValueError(f'{path} line {reader.line_num}: {e}; the file is cut short or damaged. {fix}') from None
+    if trailing_comma: table = [(n, r[:-1] if len(r) > 1 and r[-1] == '' else r) for n, r in table]
     if not table: raise ValueError(f'{path} is empty. {fix}'.rstrip())
     (_, header), rows = table[0], table[1:]
     if not rows: raise ValueError(f'{path} holds a header but no rows. {fix}'.rstrip())

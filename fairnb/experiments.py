@@ -7,12 +7,13 @@ from __future__ import annotations
 from .exp_chexpert import CHEXPERT
 from .exp_faces import FACES
 from .exp_fair_features import FAIR_FEATURES
+from .exp_images import IMAGES
 
 # %% auto #0
 __all__ = ['PROBLEMS', 'get_problem']
 
 # %% ../nbs/11d_experiments.ipynb #ex000006
-PROBLEMS = {p.name: p for p in (CHEXPERT, FACES, FAIR_FEATURES)}
+PROBLEMS = {p.name: p for p in (CHEXPERT, FACES, FAIR_FEATURES, IMAGES)}
 
 def get_problem(name:str): # a key of `PROBLEMS`
     "The experiment called `name`, failing with the choices."

@@ -5,6 +5,7 @@
 # %% ../nbs/17_findings.ipynb #f17e0003
 from __future__ import annotations
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 import warnings
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .data import get_attribute, register_run_groups
 from .metrics import group_resampled_auc, group_resampled_means
 from .report import with_interval
 from .results import read_json
@@ -22,15 +24,15 @@ from .experiments import PROBLEMS
 
 # %% auto #0
 __all__ = ['SCORE_MARGIN', 'LEVEL', 'POWER', 'RESAMPLES', 'BOOTS', 'VERDICTS', 'COLOURS', 'BASELINES', 'FINDINGS', 'SIGMAS',
-           'TUNE_SEED0', 'delta_margin', 'split_halves', 'chexpert_figures', 'face_figures', 'row_figures',
-           'run_folder', 'run_figures', 'gather', 'gather_stage', 'loo_rank1', 'seen_unseen_figures', 'knob_curve',
-           'choose_value', 'Part', 'score_part', 'Finding', 'register_finding', 'closed', 'kept', 'fell', 'assess',
-           'arm_verdict', 'arm_verdicts', 'combine_arms', 'finding_verdicts', 'fit_check', 'levelling_down',
+           'TUNE_SEED0', 'delta_margin', 'split_halves', 'image_figures', 'chexpert_figures', 'face_figures',
+           'row_figures', 'run_folder', 'run_figures', 'gather', 'gather_stage', 'loo_rank1', 'seen_unseen_figures',
+           'knob_curve', 'choose_value', 'Part', 'score_part', 'Finding', 'register_finding', 'closed', 'kept', 'fell',
+           'assess', 'arm_verdict', 'arm_verdicts', 'combine_arms', 'finding_verdicts', 'fit_check', 'levelling_down',
            'reference_gap', 'levelling_table', 'plot_levelling', 'plot_knob_curves', 'plot_parts', 'style_verdicts',
            'knob_curves', 'choose_values', 'part_table']
 
 # %% ../nbs/17_findings.ipynb #f17e0007
-SCORE_MARGIN = {'chexpert': 0.02, 'faces': 0.03}   # largest loss of score an arm may show against the baseline
+SCORE_MARGIN = {'chexpert': 0.02, 'faces': 0.03, 'images': 0.02}   # largest loss of score an arm may show
 LEVEL, POWER = 0.95, 0.8      # two-sided intervals; the power the minimum detectable effect is given at
 RESAMPLES, BOOTS = 200, 2000  # test-set resamples per run; hierarchical replicates per part
 VERDICTS = ('reproduced', 'contradicted', 'inconclusive', 'not testable')
@@ -50,17 +52,25 @@ def split_halves(clusters, seed:int=0): # (N,) the test images' patients or iden
 # %% ../nbs/17_findings.ipynb #f17e0013
 def _tasks(pred:pd.DataFrame): return [c[2:] for c in pred.columns if c.startswith('p_')]
 
-def chexpert_figures(pred:pd.DataFrame, resamples:int=RESAMPLES, seed:int=0): # `read_predictions` rows
-    "Per figure, (1 + R,): AVG gap, score, each sex's mean AUC, the age gap; resampled over patients."
+def image_figures(pred:pd.DataFrame, sensitive:str, other:str|None=None, # attribute names (columns of `pred`)
+                  resamples:int=RESAMPLES, seed:int=0):
+    "Per figure, (1 + R,): AVG gap, score, each group's mean AUC, `other`'s gap (`other_gap`); over patients."
     t = _tasks(pred); p, y = pred[[f'p_{k}' for k in t]].to_numpy(), pred[[f'y_{k}' for k in t]].to_numpy()
     auc = lambda g, n: group_resampled_auc(p, y, g, n, pred.patient.to_numpy(), resamples, seed)
+    a = get_attribute(sensitive)
     with np.errstate(invalid='ignore'), warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)   # a group without both classes in a half: NaN, left out
-        sex, age = auc(pred.sex.to_numpy(), 2), auc(pred.age_group.to_numpy(), 4)
-        every = auc(np.zeros(len(pred), int), 1)
-        return {'gap': np.nanmean(np.abs(sex[:, 0] - sex[:, 1]), 1), 'score': np.nanmean(every[:, 0], 1),
-                'male': np.nanmean(sex[:, 0], 1), 'female': np.nanmean(sex[:, 1], 1),
-                'age_gap': np.nanmean(np.nanmean(np.abs(np.diff(age, axis=1)), 1), 1)}
+        s, every = auc(pred[a.name].to_numpy(), a.n_groups), auc(np.zeros(len(pred), int), 1)
+        out = {'gap': np.nanmean(np.nanmax(s, 1) - np.nanmin(s, 1), 1), 'score': np.nanmean(every[:, 0], 1),
+               **{g: np.nanmean(s[:, k], 1) for k, g in enumerate(a.groups)}}
+        if other is None: return out
+        o = auc(pred[other].to_numpy(), get_attribute(other).n_groups)
+        return out | {'other_gap': np.nanmean(np.nanmean(np.abs(np.diff(o, axis=1)), 1), 1)}
+
+def chexpert_figures(pred:pd.DataFrame, resamples:int=RESAMPLES, seed:int=0): # `read_predictions` rows
+    "Per figure, (1 + R,): AVG gap, score, each sex's mean AUC, the age gap; resampled over patients."
+    f = image_figures(pred, 'sex', 'age_group', resamples, seed)
+    f['age_gap'] = f.pop('other_gap'); return f
 
 def face_figures(pred:pd.DataFrame, resamples:int=RESAMPLES, seed:int=0): # `read_predictions` rows
     "Per figure, (1 + R,): the size of the sex gap in rank-1, rank-1 on everyone and per sex; over identities."
@@ -75,15 +85,18 @@ def _row(rows:pd.DataFrame, split, metric, group, task=None, attribute='sex'):
     if task is not None: m &= rows.task == task
     return float(rows[m].value.iloc[0]) if m.any() else np.nan
 
-def row_figures(rows:pd.DataFrame, problem:str): # a run's results rows
+def row_figures(rows:pd.DataFrame, problem:str, sensitive:str='sex'): # a run's results rows
     "The run's seed-level figures from `results.json`."
-    if problem == 'chexpert':
-        tasks = [t for t in rows[rows.metric == 'auc'].task.unique() if t != 'mean']
-        gap = lambda s: float(np.nanmean([abs(_row(rows, s, 'auc', 'gap', t)) for t in tasks]))
+    if problem in ('chexpert', 'images'):
+        r = rows[rows.attribute == sensitive]
+        tasks = [t for t in r[r.metric == 'auc'].task.unique() if t != 'mean']
+        gap = lambda s: float(np.nanmean([abs(_row(r, s, 'auc', 'gap', t, sensitive)) for t in tasks]))
         out = {f'{s}_gap': gap(s) for s in ('train', 'validation')}
-        out |= {f'{s}_{m}': _row(rows, s, m, 'all', 'mean') for s in ('train', 'validation')
+        out |= {f'{s}_{m}': _row(r, s, m, 'all', 'mean', sensitive) for s in ('train', 'validation')
                 for m in ('eq_loss', 'eq_odds', 'disp_impact')}
-        return out | {f'train_{g}': _row(rows, 'train', 'auc', g, 'mean') for g in ('male', 'female')}
+        train = {g: _row(r, 'train', 'auc', g, 'mean', sensitive) for g in get_attribute(sensitive).groups}
+        worst = float(np.nanmin(list(train.values())))   # your data's fit check: its worst group
+        return out | {f'train_{g}': v for g, v in train.items()} | {'train_worst': worst}
     acc = {f'train_{g}': _row(rows, 'train', 'accuracy', g) for g in ('male', 'female', 'gap')}
     out = acc | {'train_gap': abs(acc['train_gap']), 'train_female_intra': _row(rows, 'train', 'intra_angle', 'female')}
     out |= {f'{s}_{g}': _row(rows, s, 'accuracy', g) for s in ('validation', 'test') for g in ('male', 'female')}
@@ -96,14 +109,18 @@ def run_folder(runs_dir, preset:str, c:Cell, seed:int, overrides:dict|None=None)
 
 def run_figures(run, half:str='confirm', resamples:int=RESAMPLES): # a finished run folder; 'tune' or 'confirm'
     "A run's figures, (1 + R,) each: from its test predictions (on `half`) and its results rows."
-    run = Path(run); res = read_json(run/'results.json'); problem = res['config']['problem']
-    out = {k: np.full(1 + resamples, v) for k, v in row_figures(pd.DataFrame(res['rows']), problem).items()}
-    pred_file, seed = run/'predictions'/'test.csv', res['config']['seed']
+    run = Path(run); res = read_json(run/'results.json'); c = res['config']; problem = c['problem']
+    register_run_groups(c)   # a manifest's attributes
+    rows = row_figures(pd.DataFrame(res['rows']), problem, c.get('sensitive', 'sex'))
+    out = {k: np.full(1 + resamples, v) for k, v in rows.items()}
+    pred_file, seed = run/'predictions'/'test.csv', c['seed']
     if not pred_file.exists(): return out | _rows_scores(out)   # fair features keep no predictions
     pred = pd.read_csv(pred_file)
-    keep = split_halves(pred[{'chexpert': 'patient'}.get(problem, 'identity')]) == (half == 'tune')
-    fig = chexpert_figures if problem == 'chexpert' else face_figures
-    out |= fig(pred[keep].reset_index(drop=True), resamples, seed=seed)
+    keep = split_halves(pred['identity' if problem in ('faces', 'fair_features') else 'patient']) == (half == 'tune')
+    others = [a for a in c.get('groups') or {} if a != c.get('sensitive')]
+    fig = (partial(image_figures, sensitive=c['sensitive'], other=(others or [None])[0]) if problem == 'images' else
+           chexpert_figures if problem == 'chexpert' else face_figures)
+    out |= fig(pred[keep].reset_index(drop=True), resamples=resamples, seed=seed)
     return out | (seen_unseen_figures(run, keep, resamples, seed) if problem == 'faces' else {})
 
 def _rows_scores(f:dict): # a fair-features run: its whole test set's figures, from the rows
@@ -232,7 +249,7 @@ class Finding:
     reversal: bool = False   # (B) asks for a reversal: two steps significant with opposite signs
     any_arm: bool = False    # reproduced when any testable arm reproduces it (not every one)
 
-BASELINES = {'chexpert': 'cx_base', 'faces': 'fc_base'}
+BASELINES = {'chexpert': 'cx_base', 'faces': 'fc_base', 'images': 'im_base'}
 FINDINGS = {}
 def register_finding(f:Finding): FINDINGS[f.key] = f; return f
 
@@ -247,6 +264,8 @@ def fell(figure:str, what:str, role='acted'):
     return Part(role, what, (('base', figure), ('arm', figure)), lambda b, a: b - a, 'above')
 
 # %% ../nbs/17_findings.ipynb #f17e0031
+def _gap(arm:Arm): return 'gap' if arm.family == 'images' else 'sex gap'   # your data: its sensitive attribute's
+
 def _own_measure(arm:Arm, split:str):
     "The figure a penalty arm acts on: its own measure on `split` (CheXpert); the training accuracy gap (faces)."
     if arm.family == 'faces': return 'train_gap', 'the training rank-1 gap (head accuracy) fell'
@@ -254,10 +273,12 @@ def _own_measure(arm:Arm, split:str):
     return f'{split}_{m}', f'its own measure ({m}) on the {"holdout" if split == "validation" else "training set"} fell'
 
 register_finding(Finding('F1', 'Penalties imposed on the training set close the training gap but not the test gap.',
-    'Tables 1, 8, 6', ('eo_train', 'di_train', 'fc_eq_train'),
-    lambda a: (fell(*_own_measure(a, 'train')), closed(), kept())))
+    'Tables 1, 8, 6', ('eo_train', 'di_train', 'fc_eq_train', 'im_eo_train', 'im_di_train'),
+    lambda a: (fell(*_own_measure(a, 'train')), closed(f'the test {_gap(a)} closed (baseline minus arm)'), kept())))
 register_finding(Finding('F2', 'Penalties imposed on a holdout set do not close the test gap either.', 'Tables 1, 9, 6',
-    ('eq_holdout', 'fc_eq_holdout'), lambda a: (fell(*_own_measure(a, 'validation')), closed(), kept())))
+    ('eq_holdout', 'fc_eq_holdout', 'im_eq_holdout'),
+    lambda a: (fell(*_own_measure(a, 'validation')), closed(f'the test {_gap(a)} closed (baseline minus arm)'),
+               kept())))
 register_finding(Finding('F3', 'Min-max training equalises training performance, not test performance.', 'Table 6',
     ('fc_minmax',), lambda a: (fell('train_gap', 'the training rank-1 gap fell'), closed(), kept(),
                                Part('shown', 'transfer: test gap closed over training gap closed (ratio of means)',
@@ -285,14 +306,17 @@ register_finding(Finding('F5', "Adversarial fair features: penalising one group'
     base={'faces': 'ff_base'}, not_acted='the sex information was not removed'))
 
 # %% ../nbs/17_findings.ipynb #f17e0033
+def _other_gap_rose(arm:Arm):
+    "F7's (B): the test gap along the other attribute rose (age on CheXpert; on your data its next attribute)."
+    name, what = ('age_gap', 'age groups') if arm.family == 'chexpert' else ('other_gap', "another attribute's groups")
+    return Part('claim', f'the test gap along another attribute rose (mean |AUC difference| of neighbouring {what})',
+                (('arm', name), ('base', name)), lambda x, b: x - b)
 register_finding(Finding('F7', 'Closing the sex gap widens the gap along another attribute (gerrymandering).',
-    'Section 7, Figure 3', ('eo_train', 'di_train', 'eq_holdout'),
-    lambda a: (fell('gap', 'the test sex gap fell (the condition)'),
-               Part('claim', 'the test age gap rose (mean |AUC difference| of neighbouring age groups)',
-                    (('arm', 'age_gap'), ('base', 'age_gap')), lambda x, b: x - b), kept()),
+    'Section 7, Figure 3', ('eo_train', 'di_train', 'eq_holdout', 'im_eo_train', 'im_di_train', 'im_eq_holdout'),
+    lambda a: (fell('gap', f'the test {_gap(a)} fell (the condition)'), _other_gap_rose(a), kept()),
     not_acted='the sex gap did not fall, so there is no closing to cost anything'))
 register_finding(Finding('F8', 'Equal losses do not give equal AUCs: the surrogate does not track the metric.',
-    'Tables 1, 9', ('eq_holdout',),
+    'Tables 1, 9', ('eq_holdout', 'im_eq_holdout'),
     lambda a: (fell('validation_eq_loss', 'the holdout loss gap fell'),
                Part('claim', 'relative change of the holdout AUC gap minus that of its loss gap (ratios of means)',
                     (('arm', 'validation_gap'), ('base', 'validation_gap'), ('arm', 'validation_eq_loss'),
@@ -398,7 +422,7 @@ def fit_check(figs:dict, seeds, families=('chexpert', 'faces')):
     rows = []
     for fam in families:
         c = ARMS[BASELINES[fam]].cell()
-        for g in ('male', 'female'):
+        for g in ('worst',) if fam == 'images' else ('male', 'female'):   # your data: its worst group
             v = _seed_mean(figs, c, seed_list(seeds), f'train_{g}')
             rows.append(dict(family=fam, group=g, train_score=v, bar=PROBLEMS[c.problem].fit_bar,
                              fits=bool(v >= PROBLEMS[c.problem].fit_bar) if np.isfinite(v) else None))

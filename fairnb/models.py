@@ -14,8 +14,8 @@ from torch import nn
 import torchvision
 
 # %% auto #0
-__all__ = ['MODELS', 'load_weights', 'densenet121', 'SmallCNN', 'FaceResNet', 'FaceCNN', 'CosFace', 'mlp', 'SIRN',
-           'SensitiveHead', 'check_model_name', 'create_model']
+__all__ = ['MODELS', 'TORCHVISION', 'load_weights', 'densenet121', 'SmallCNN', 'FaceResNet', 'FaceCNN', 'CosFace', 'mlp', 'SIRN',
+           'SensitiveHead', 'torchvision_names', 'torchvision_classifier', 'check_model_name', 'create_model']
 
 # %% ../nbs/04_models.ipynb #65007652
 _OLD_DENSENET_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.'
@@ -127,17 +127,34 @@ class SensitiveHead(nn.Sequential):
 # %% ../nbs/04_models.ipynb #6d35bfa0
 MODELS = {'densenet121': densenet121, 'small_cnn': SmallCNN,
           'resnet18': partial(FaceResNet, 18), 'resnet152': partial(FaceResNet, 152), 'face_cnn': FaceCNN}
+TORCHVISION = 'torchvision:'   # the prefix of any torchvision classification network by name
+
+def torchvision_names():
+    "The classification networks torchvision builds by name (`torchvision.models.list_models`)."
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+def torchvision_classifier(arch:str, # a name of `torchvision_names()`, e.g. 'resnet50', 'efficientnet_b0'
+                           num_classes:int=5, # one logit per task
+                           weights_path:str|None=None): # a local state dict (ImageNet's: its classifier is skipped)
+    "torchvision's network `arch` with a `num_classes`-logit head, built without downloading anything."
+    extra = {'aux_logits': False, 'init_weights': True} if arch in ('inception_v3', 'googlenet') else {}
+    m = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    if weights_path is not None: load_weights(m, weights_path)
+    return m
 
 def check_model_name(name:str):
-    "Fail with the known names unless `name` is in `MODELS`."
-    if name not in MODELS: raise ValueError(f'Unknown model {name!r}; choose one of {sorted(MODELS)}.')
-    return name
+    "Fail with the known names unless `name` is in `MODELS` or is 'torchvision:<a torchvision network>'."
+    if name in MODELS or name.startswith(TORCHVISION) and name[len(TORCHVISION):] in torchvision_names(): return name
+    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(MODELS)}, or any torchvision classification '
+                     "network as 'torchvision:<name>' (e.g. 'torchvision:resnet50'; fairnb.models.torchvision_names()"
+                     ' lists them).')
 
-def create_model(name:str, # a key of `MODELS`
+def create_model(name:str, # a key of `MODELS`, or 'torchvision:<name>'
                  optional:dict|None=None, # arguments passed only to builders that take them (a preset's `width`)
                  **kwargs): # arguments the builder must take; None: its default
     "Build the backbone `name` from the arguments it takes."
-    build = MODELS[check_model_name(name)]
+    check_model_name(name)
+    build = MODELS.get(name) or partial(torchvision_classifier, name[len(TORCHVISION):])
     takes = list(inspect.signature(build).parameters)
     given = ({k: v for k, v in kwargs.items() if v is not None}
              | {k: v for k, v in (optional or {}).items() if k in takes and v is not None})

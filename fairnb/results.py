@@ -12,6 +12,7 @@ import pandas as pd
 
 import fairnb
 from .core import atomic_write_bytes, read_json, write_csv, write_json
+from .data import register_run_groups
 
 # %% auto #0
 __all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'SPLITS', 'PREDICTIONS', 'validate_rows', 'write_results', 'read_results', 'find_runs',
@@ -74,6 +75,7 @@ def read_results(path): # a results.json, or the run folder holding it
     missing = {'config', 'rows', 'fairnb_version', 'seconds'} - set(rec)
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.results.write_results.')
     rows = pd.DataFrame(validate_rows(rec['rows']), columns=[*ROW_KEYS, *OPTIONAL_KEYS])
+    register_run_groups(rec['config'])   # a manifest's attributes, known again in this process
     return rec, rows.astype({k: float for k in ('value', *OPTIONAL_KEYS)})
 
 # %% ../nbs/10a_results.ipynb #c011ec02
@@ -86,7 +88,9 @@ def find_runs(root): # a folder holding run folders, at any depth
     return finished, sorted(started - set(finished))
 
 # %% ../nbs/10a_results.ipynb #c011ec04
-def _hashable(v): return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
+def _hashable(v):
+    if isinstance(v, dict): return tuple((k, _hashable(x)) for k, x in v.items())
+    return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 def _run_record(run): # a run folder, or a (config, rows) pair
     if isinstance(run, (str, Path)): rec, rows = read_results(run); return rec['config'], rows, str(run)
@@ -137,4 +141,5 @@ def read_predictions(run, # a finished run folder
         raise FileNotFoundError(f'{run} keeps no {PREDICTIONS}/{split}.csv (an older fairnb, or a fair-features run); '
                                 'run it again with -p overwrite True to keep its predictions.')
     e = f.with_name(f'{split}_embeddings.npy')
-    return read_json(run/'results.json')['config'], pd.read_csv(f), np.load(e) if e.exists() else None
+    config = read_json(run/'results.json')['config']; register_run_groups(config)
+    return config, pd.read_csv(f), np.load(e) if e.exists() else None

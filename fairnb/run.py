@@ -62,6 +62,8 @@ class Problem:
     minutes: dict = field(default_factory=dict) # rough minutes per run and preset (smoke, cpu: 2 cores; paper: a GPU)
     torchrun: bool = True # whether it trains under torchrun
     worlds: dict = field(default_factory=lambda: {'default': {}}) # synthetic world -> the data writer's knobs
+    describe: Callable|None = None # config -> config with the data's own `tasks` and `groups` (attribute -> its
+                                   # groups, registered): for data whose tasks and attributes only it knows (manifests)
     def defaults(self): return {k: p.default for k, p in self.params.items()}
     def param_types(self): return {k: p.type for k, p in self.params.items()}
     def params_in(self, namespace:dict): # a notebook's globals()
@@ -120,10 +122,11 @@ def resolve_config(problem:Problem, params:dict): # every parameter of the probl
     config = apply_preset(params, problem.presets, synthetic=params.get('data_dir') is None)
     check_types(config, problem.param_types() | PRESET_TYPES)
     own = {k: config.pop(k) for k in list(config) if k in _scheme_params()}
+    if problem.describe: config = problem.describe(config)
     a = get_attribute(config['sensitive'])
-    if problem.dataset not in a.datasets:
+    if a.name not in config['groups'] if 'groups' in config else problem.dataset not in a.datasets:
         raise ValueError(f"sensitive={a.name!r} is not an attribute of {problem.dataset}; "
-                         f"choose one of its: {list(problem.audit)}.")
+                         f"choose one of its: {list(config.get('groups') or problem.audit)}.")
     scheme = get_scheme(config['scheme'], a, problem.name, config['seed'], **own)
     check_model_name(config[problem.model_key])
     check_config(config, problem.positive_ints, problem.positive,
@@ -156,7 +159,8 @@ class Run:
     def attribute(self): return self.scheme.attribute   # the sensitive attribute
     @property
     def attributes(self): # the sensitive attribute, then the audited ones
-        return [get_attribute(a) for a in dict.fromkeys((self.attribute.name, *self.problem.audit))]
+        audit = self.config.get('groups') or self.problem.audit   # a manifest's: every attribute it has
+        return [get_attribute(a) for a in dict.fromkeys((self.attribute.name, *audit))]
     def loader(self, dataset, shuffle:bool=False, workers:int|None=None, # workers None: the configuration's
                per_rank:bool=False): # torchrun: this process's share of each global batch (training loaders)
         "A `DataLoader` over `dataset` with the run's batch size, workers and seeded shuffling."

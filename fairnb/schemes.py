@@ -34,7 +34,8 @@ def is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 class Scheme:
     "The base of every scheme: the mean task loss (empirical risk minimisation), which a scheme changes."
-    name, problems, needs_holdout, summary = None, ('chexpert', 'faces'), False, ''  # summary: what `prepare` did
+    name, problems, needs_holdout = None, ('chexpert', 'faces', 'images'), False
+    summary = ''   # what `prepare` did
     params, paper_defaults = {}, {}   # own parameter -> default; problem -> {parameter: the paper's value}
     variants = {}   # problem -> the subclass that carries out this scheme there (label flipping on faces)
     def __init__(self, attribute, # the sensitive attribute: an `Attribute` or its name
@@ -43,8 +44,8 @@ class Scheme:
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise TypeError(f'scheme {self.name!r} takes no parameter(s) {unknown}; its own are {sorted(self.params)}.')
-        paper = {k: v for k, v in self.paper_defaults.get(problem, {}).items()
-                 if not k.endswith('_group') or v in self.attribute.groups}
+        paper = {k: v(self.attribute) if callable(v) else v for k, v in self.paper_defaults.get(problem, {}).items()}
+        paper = {k: v for k, v in paper.items() if not k.endswith('_group') or v in self.attribute.groups}
         for k, v in (self.params | paper | params).items(): setattr(self, k, v)
         self.check()
     @property
@@ -149,19 +150,20 @@ class EqualLoss(PenaltyScheme):
 class EqualizedOdds(PenaltyScheme):
     "Equalized-odds penalty, eq. 4."
     name = penalty = 'eq_odds'
-    problems = ('chexpert',)
+    problems = ('chexpert', 'images')
 
 @register_scheme
 class DisparateImpact(PenaltyScheme):
     "Disparate-impact penalty, eq. 6."
     name = penalty = 'disp_impact'
-    problems = ('chexpert',)
+    problems = ('chexpert', 'images')
 
 # %% ../nbs/06_schemes.ipynb #4f582137
 class _Flip(Scheme):
     "What both kinds of label flipping share: which group, what share, and a seeded generator."
     params = dict(flip_group=None, flip_rate=0.05)
-    paper_defaults = {'chexpert': dict(flip_group='female'), 'faces': dict(flip_group='male', flip_rate=0.3)}
+    paper_defaults = {'chexpert': dict(flip_group='female'), 'faces': dict(flip_group='male', flip_rate=0.3),
+                      'images': dict(flip_group=lambda a: a.groups[-1])}   # a manifest: its attribute's last group
     def check(self):
         if not (is_number(self.flip_rate) and 0 <= self.flip_rate <= 1):
             raise ValueError(f'flip_rate must lie in [0, 1], got {self.flip_rate!r}.')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_sweep.ipynb #5ee90003
 from __future__ import annotations
-import argparse, signal, subprocess, sys, threading
+import argparse, json, signal, subprocess, sys, threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,8 @@ def papermill_command(job:Job, out:Path, nbs:Path, resume:bool=False): # out: th
     args = ['-m', 'papermill', str(Path(nbs)/f'{job.notebook}.ipynb'), str(d/'report.ipynb'), '--log-level', 'WARNING',
             '--start-timeout', '300']
     for k, v in {**job.kw, 'out_dir': str(d), **({'resume': True} if resume else {})}.items():
-        args += ['-r', k, v] if isinstance(v, str) else ['-p', k, _yaml(v)]
+        if isinstance(v, list): args += ['-y', json.dumps({k: v})]   # -p would pass a list as text; JSON is YAML
+        else: args += ['-r', k, v] if isinstance(v, str) else ['-p', k, _yaml(v)]
     return args
 
 # %% ../nbs/13_sweep.ipynb #5ee90012

@@ -20,12 +20,12 @@ from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
-__all__ = ['TABLES', 'ARMS', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table',
-           'register_table', 'get_table', 'Arm', 'register_arm', 'findings_table', 'run_name', 'Job', 'seed_list',
-           'cell_job', 'table_jobs', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
-           'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results', 'table_preset',
-           'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts',
-           'plot_closable']
+__all__ = ['TABLES', 'ARMS', 'FAMILIES', 'ORACLES', 'RUN_ONLY', 'NOT_IN_NAME', 'LAYOUTS', 'SEED_FREE', 'FIGURES', 'Cell', 'cell',
+           'Table', 'register_table', 'get_table', 'Arm', 'register_arm', 'findings_table', 'run_name', 'Job',
+           'seed_list', 'cell_job', 'table_jobs', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout',
+           'faces_layout', 'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results',
+           'table_preset', 'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps',
+           'gap_parts', 'plot_closable']
 
 # %% ../nbs/12_tables.ipynb #7ab1e006
 @dataclass(frozen=True)
@@ -176,14 +176,23 @@ for _a in (Arm('cx_base', 'chexpert', 'chexpert', 'BASELINE', (('scheme', 'basel
                (('flip_group', 'male'), ('flip_rate', 0.3), ('scheme', 'label_flip'))),
            Arm('ff_base', 'faces', 'fair_features', 'FAIR FEATURES', (('alpha', 0.0),)),
            *(Arm(f'ff_{g}', 'faces', 'fair_features', f'FAIR FEATURES ({g.upper()}S)', (('penalized_group', g),),
-                 'alpha', _ALPHA_SIRN, 1.0) for g in ('female', 'male'))):
+                 'alpha', _ALPHA_SIRN, 1.0) for g in ('female', 'male')),
+           Arm('im_base', 'images', 'images', 'BASELINE', (('scheme', 'baseline'),)),   # your data: CheXpert's arms
+           Arm('im_eo_train', 'images', 'images', 'EQ. ODDS TRAIN', (('penalty_on', 'train'), ('scheme', 'eq_odds')),
+               'alpha', _ALPHA_CX, 1000.0),
+           Arm('im_di_train', 'images', 'images', 'DISP. IMPACT TRAIN',
+               (('penalty_on', 'train'), ('scheme', 'disp_impact')), 'alpha', _ALPHA_CX, 1000.0),
+           Arm('im_eq_holdout', 'images', 'images', 'EQ. LOSS VAL', (('penalty_on', 'holdout'), ('scheme', 'eq_loss')),
+               'alpha', _ALPHA_EQ, 100.0)):
     register_arm(_a)
 
-def findings_table(family:str, stage:str, # 'chexpert' or 'faces'; 'tune' or 'confirm'
+FAMILIES = ('chexpert', 'faces', 'images')   # the findings report's families: CheXpert, faces, your data
+
+def findings_table(family:str, stage:str, # a name of `FAMILIES`; 'tune' or 'confirm'
                    chosen:dict|None=None): # arm key -> its chosen knob value (confirm); None: the paper's
     "The findings runs of `family` at `stage`, registered as `findings_<stage>_<family>`."
     arms = [a for a in ARMS.values() if a.family == family]
-    if not arms: raise ValueError(f"Unknown family {family!r}; choose 'chexpert' or 'faces'.")
+    if not arms: raise ValueError(f'Unknown family {family!r}; choose one of {FAMILIES}.')
     if stage == 'tune': cells = [a.cell(v) for a in arms for v in (a.grid or [None]) if a.grid or 'base' in a.key]
     elif stage == 'confirm':
         chosen = chosen or {}
@@ -192,7 +201,7 @@ def findings_table(family:str, stage:str, # 'chexpert' or 'faces'; 'tune' or 'co
     return register_table(Table(f'findings_{stage}_{family}', f'The findings report: {family}, {stage} stage',
                                 'findings', tuple(dict.fromkeys(cells)), report='findings'))
 
-for _f in ('chexpert', 'faces'):
+for _f in FAMILIES:
     for _s in ('tune', 'confirm'): findings_table(_f, _s)
 
 # %% ../nbs/12_tables.ipynb #7ab1e0f2
@@ -209,9 +218,19 @@ register_table(Table('oracle_faces', "Faces, synthetic: the baseline beside a ru
                      figures=('closable', 'curves')))
 ORACLES = {'chexpert': TABLES['oracle_chexpert'].cells[-1]}   # problem -> the cell whose gap is the irreducible part
 
+# %% ../nbs/12_tables.ipynb #7ab1e0a2
+register_table(Table('images', 'Your data: every classification scheme, per group of the sensitive attribute',
+    'chexpert', (cell('BASELINE', 'images', scheme='baseline'),
+                 *(_pen(f'{label} {where}', s, 1, on, 'images')
+                   for where, on in (('TRAIN', 'train'), ('VAL', 'holdout'))
+                   for label, s in (('EQ. LOSS', 'eq_loss'), ('EQ. ODDS', 'eq_odds'), ('DISP. IMPACT', 'disp_impact'))),
+                 cell('MIN-MAX LOSS', 'images', scheme='minmax'), cell('RANDOM FLIP', 'images', scheme='label_flip')),
+    figures=('curves',)))
+
 # %% ../nbs/12_tables.ipynb #7ab1e014
 RUN_ONLY = ('device', 'num_workers', 'on_bad_image', 'out_dir', 'overwrite', 'resume')   # how it runs, not what it is
-NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path')   # the data's place: checked against config.json instead
+NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path',   # the data's place and description: checked against
+                         'manifest', 'labels', 'classes', 'attributes')   # config.json instead
 
 def _short(v): return f'{v:g}' if isinstance(v, float) else str(v)
 
@@ -237,7 +256,7 @@ class Job:
     @property
     def notebook(self): return PROBLEMS[self.problem].notebook
     @property
-    def kw(self): return dict(self.params)
+    def kw(self): return {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}   # lists were tuples
 
 def seed_list(seeds): # n: seeds 0 .. n-1; or the seeds themselves (a list, a range)
     "The seeds a sweep runs, as a list of distinct integers >= 0."
@@ -252,7 +271,8 @@ def seed_list(seeds): # n: seeds 0 .. n-1; or the seeds themselves (a list, a ra
 def cell_job(c:Cell, preset:str, seed:int, overrides:dict|None=None, on_preset:dict|None=None):
     "The run of cell `c` under `preset` for `seed`: its parameters and its folder, `<preset>/<run_name>`."
     p = {**c.kw, **(on_preset or {}), **(overrides or {}), 'preset': preset, 'seed': seed}
-    return Job(c.problem, tuple(p.items()), f'{preset}/{run_name(c.problem, p, seed)}')
+    frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items())   # a Job is hashable
+    return Job(c.problem, frozen, f'{preset}/{run_name(c.problem, p, seed)}')
 
 def table_jobs(table:Table|str, preset:str, seeds=3, # n: seeds 0 .. n-1; or a list of seeds
                overrides:dict|None=None): # parameters every run takes (data_dir, epochs, ...)
@@ -465,14 +485,15 @@ def plot_curves(runs:pd.DataFrame, table:Table|str, preset:str, metric:str|None=
     "Validation metric per group over epochs, one panel per block (the paper's Figure 4)."
     t = get_table(table) if isinstance(table, str) else table
     h = _histories(runs, t, preset)
-    metric = metric or ('auc' if t.problems() == ['chexpert'] else 'acc')
+    metric = metric or ('auc' if all(PROBLEMS[p].metric == 'auc' for p in t.problems()) else 'acc')
     cols = [c for c in h.columns if c.startswith(f'val_{metric}_') and not c.endswith('_gap')]
     if h.empty or not cols: return None
     long = h.melt(['epoch', 'block', 'label', 'seed'], cols, var_name='group').assign(
         group=lambda d: d.group.str.removeprefix(f'val_{metric}_'))
+    sexes = set(long.group) <= {'male', 'female'}   # the paper's styles; any other groups: seaborn's
     g = sns.relplot(long, x='epoch', y='value', hue='label', style='group', col='block', kind='line', errorbar=None,
                     col_wrap=min(4, long.block.nunique()), height=2.8, aspect=1.2, markers=True,
-                    dashes={'male': (4, 2), 'female': ''}, facet_kws={'sharey': False})
+                    dashes={'male': (4, 2), 'female': ''} if sexes else True, facet_kws={'sharey': False})
     g.set_titles('{col_name}', size=8); g.set_axis_labels('epoch', f'validation {metric}')
     return g
 

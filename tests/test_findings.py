@@ -70,7 +70,7 @@ def test_no_effect_is_reproduced_at_most_5_percent_of_the_time_per_part_after_ho
 
 
 def test_a_collapsed_or_idle_arm_is_not_testable_and_every_claim_gets_a_verdict():
-    parts = assess({}, {}, families=('chexpert', 'faces'))
+    parts = assess({}, {}, families=('chexpert', 'faces', 'images'))
     v = finding_verdicts(parts)
     assert v.finding.tolist() == list(FINDINGS) and set(v.verdict) == {'not testable'}
     assert set(arm_verdicts(parts).reason) == {'fewer than 2 seeds with finished runs'}

@@ -75,10 +75,10 @@ def _imports():
 
 LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # ground
           ('data', 'losses', 'results'),                                          # data
-          ('chexpert', 'faces', 'bupt'),                                          # sources
+          ('chexpert', 'faces', 'bupt', 'manifest', 'layouts'),                   # sources
           ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report', 'worlds'),   # method
           ('run',),                                                               # the run API
-          ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'experiments'),      # experiments
+          ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'exp_images', 'experiments'),   # experiments
           ('tables', 'findings'),                                                 # results
           ('backends', 'sweep', 'launch')]                                        # top: the command lines
 
