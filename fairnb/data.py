@@ -79,8 +79,9 @@ def group_order(values): # group names as found
 def register_groups(name:str, groups, dataset:str='images'):
     "The attribute `name` with `groups`: fairnb's own when they are among its groups, else registered anew."
     groups, old = tuple(groups), ATTRIBUTES.get(name)
-    if old is not None and set(groups) <= set(old.groups): return old
-    if old is not None and set(old.datasets) - {dataset}:
+    own = old is not None and bool(set(old.datasets) - {dataset})   # fairnb's own attribute (CheXpert's sex)
+    if own and set(groups) <= set(old.groups) or old is not None and old.groups == groups: return old
+    if own:
         raise ValueError(f'column {name!r} holds the groups {list(groups)}, but {name!r} is fairnb\'s attribute of '
                          f'{list(old.datasets)} with the groups {list(old.groups)}: write its values as those, or '
                          'rename the column.')

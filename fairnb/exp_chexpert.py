@@ -22,13 +22,19 @@ from .results import write_predictions
 from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
 
 # %% auto #0
-__all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'chexpert_data', 'chexpert_model', 'train_chexpert',
+__all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'data_facts', 'chexpert_data', 'chexpert_model', 'train_chexpert',
            'chexpert_predictions', 'evaluate_chexpert', 'check_chexpert', 'chexpert_flow']
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000006
 def patient_share(df:pd.DataFrame, share:float, seed:int): # one row per image, with a patient column
     "The images of a `share` of `df`'s patients, drawn with `seed` (all of them when `share` is 1)."
     return df if share >= 1 else split_by_patient(df, 1 - share, seed)[0]
+
+def data_facts(frames:dict, dropped:dict, **more): # dropped: reason -> the rows it dropped (file and line)
+    "What `results.json` records of the data: rows dropped per reason (with examples), images skipped, `more`."
+    return {'rows_dropped': {r: len(v) for r, v in dropped.items()},
+            'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
+            'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()}, **more}
 
 def chexpert_data(run:Run):
     "The run's CheXpert splits, checked, as `Data`."
@@ -39,28 +45,25 @@ def chexpert_data(run:Run):
     frames['train'] = patient_share(frames['train'], c['train_share'], c['seed'])
     frames = drop_bad_images(frames, c['on_bad_image'], c['num_workers'] or None)
     check_groups(frames, run.attribute)
-    dropped = frames['train'].attrs['dropped']
-    facts = {'rows_dropped': {r: len(v) for r, v in dropped.items()},
-             'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
-             'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()},
-             'world': frames['train'].attrs['world']}   # the synthetic data's manifest (None: real data)
+    facts = data_facts(frames, frames['train'].attrs['dropped'],
+                       world=frames['train'].attrs['world'])   # the synthetic data's manifest (None: real data)
     datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c['augment'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000008
-def chexpert_model(run:Run, data:Data):
+def chexpert_model(run:Run, data:Data, tasks:tuple=TASKS): # the tasks: one logit each
     "The CheXpert classifier, its weighted BCE, Adam and the learning-rate decay."
     c = run.config
-    net = create_model(c['model'], optional={'width': c['width']}, num_classes=len(TASKS),
+    net = create_model(c['model'], optional={'width': c['width']}, num_classes=len(tasks),
                        weights_path=c['weights_path']).to(run.device)
     criterion = partial(weighted_bce, pos_weight=pos_weights(data.datasets['train'].targets).to(run.device))
     optimizer = torch.optim.Adam(net.parameters(), lr=c['lr'])
     return Model(net, criterion, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c['lr_gamma']))
 
-def train_chexpert(run:Run, data:Data, model:Model):
+def train_chexpert(run:Run, data:Data, model:Model, tasks:tuple=TASKS):
     "Train under the run's scheme, recording AUC and penalties on train and validation after each epoch."
-    ds, ev = data.datasets, partial(split_evaluator, device=run.device, criterion=model.criterion, tasks=TASKS,
+    ds, ev = data.datasets, partial(split_evaluator, device=run.device, criterion=model.criterion, tasks=tasks,
                                     sensitive=run.attribute)
     on_train, on_val = ev(run.loader(ds['train_eval']), prefix='train'), ev(run.loader(ds['validation']), prefix='val')
     return run.train(model, ds['train'], lambda m: on_train(m) | on_val(m), holdout=ds['validation'])

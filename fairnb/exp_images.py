@@ -4,23 +4,20 @@
 
 # %% ../nbs/11e_exp_images.ipynb #ei000003
 from __future__ import annotations
-from functools import partial
 from pathlib import Path
 import os
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .core import read_json
 from .data import ImageTable, check_groups, drop_bad_images
 from .manifest import (Spec, get_layout, image_transform, layout_table, manifest_splits, manifest_table,
                              parse_manifest, read_rgb)
 import fairnb.layouts  # noqa: F401  (registers the public layouts)
-from .losses import pos_weights, weighted_bce
-from .models import create_model
+from .exp_chexpert import chexpert_model, data_facts, train_chexpert
 from .metrics import group_mean_rows
-from .evaluate import predict, split_evaluator, split_rows
+from .evaluate import predict, split_rows
 from .results import write_predictions
 from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
 
@@ -86,31 +83,20 @@ def images_data(run:Run):
     frames = manifest_splits(frame, c['seed'], c['split_seed'], c['val_frac'], c['test_frac'])
     frames = drop_bad_images(frames, c['on_bad_image'], c['num_workers'] or None)
     check_groups(frames, run.attribute)
-    dropped = frame.attrs['dropped']
-    facts = {'rows_dropped': {r: len(v) for r, v in dropped.items()},
-             'rows_dropped_examples': {r: v[:5] for r, v in dropped.items()},
-             'images_skipped': {s: df.attrs['bad_images'] for s, df in frames.items()},
-             'source': frame.attrs['source'], 'world': _world(c, frame.attrs['source'])}
+    facts = data_facts(frames, frame.attrs['dropped'], source=frame.attrs['source'],
+                       world=_world(c, frame.attrs['source']))
     datasets = image_datasets(frames, c['tasks'], list(c['groups']), c['img_size'], c['preload'], c['augment'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 
 # %% ../nbs/11e_exp_images.ipynb #ei000010
 def images_model(run:Run, data:Data):
-    "The classifier, its weighted BCE, Adam and the learning-rate decay."
-    c = run.config
-    net = create_model(c['model'], optional={'width': c['width']}, num_classes=len(c['tasks']),
-                       weights_path=c['weights_path']).to(run.device)
-    criterion = partial(weighted_bce, pos_weight=pos_weights(data.datasets['train'].targets).to(run.device))
-    optimizer = torch.optim.Adam(net.parameters(), lr=c['lr'])
-    return Model(net, criterion, optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=c['lr_gamma']))
+    "CheXpert's classifier, weighted BCE, Adam and decay (`fairnb.exp_chexpert.chexpert_model`) over the data's tasks."
+    return chexpert_model(run, data, run.config['tasks'])
 
 def train_images(run:Run, data:Data, model:Model):
     "Train under the run's scheme, recording AUC and penalties on train and validation after each epoch."
-    ds, ev = data.datasets, partial(split_evaluator, device=run.device, criterion=model.criterion,
-                                    tasks=run.config['tasks'], sensitive=run.attribute)
-    on_train, on_val = ev(run.loader(ds['train_eval']), prefix='train'), ev(run.loader(ds['validation']), prefix='val')
-    return run.train(model, ds['train'], lambda m: on_train(m) | on_val(m), holdout=ds['validation'])
+    return train_chexpert(run, data, model, run.config['tasks'])
 
 # %% ../nbs/11e_exp_images.ipynb #ei000011
 def image_predictions(frame:pd.DataFrame, logits, y, attrs:dict, tasks:list):

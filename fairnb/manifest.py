@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_manifest.ipynb #mf000003
 from __future__ import annotations
-import math, os
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .core import build_once, progress, read_json, write_json
-from .data import group_order, read_csv_rows, register_groups, split_by_patient
+from .core import build_once, progress, write_json
+from .data import get_attribute, group_order, read_csv_rows, register_groups, split_by_patient
 
 # %% auto #0
 __all__ = ['MANIFEST_SPLITS', 'BINARY', 'RESERVED', 'FIX_MANIFEST', 'PATTERNS', 'SKIN', 'DARKEN', 'NOISE', 'LAYOUTS', 'Spec',
@@ -154,7 +154,7 @@ def parse_manifest(raw:pd.DataFrame, spec:Spec):
     df = pd.DataFrame({'file': raw.path.to_numpy(), 'line': raw.line.to_numpy(), 'patient': clusters,
                        **({'split': raw.split.to_numpy()} if 'split' in raw else {}), **codes,
                        **{f'y_{t}': y[:, j] for j, t in enumerate(spec.tasks)}})
-    groups = {a: list(register_groups(a, ()).groups) for a in spec.attributes}
+    groups = {a: list(get_attribute(a).groups) for a in spec.attributes}
     df.attrs = {**raw.attrs, 'tasks': list(spec.tasks), 'groups': groups, 'dropped': raw.attrs.get('dropped', {})}
     return df
 

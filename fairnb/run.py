@@ -124,7 +124,8 @@ def resolve_config(problem:Problem, params:dict): # every parameter of the probl
     own = {k: config.pop(k) for k in list(config) if k in _scheme_params()}
     if problem.describe: config = problem.describe(config)
     a = get_attribute(config['sensitive'])
-    if a.name not in config['groups'] if 'groups' in config else problem.dataset not in a.datasets:
+    known = a.name in config['groups'] if 'groups' in config else problem.dataset in a.datasets   # a manifest's own
+    if not known:
         raise ValueError(f"sensitive={a.name!r} is not an attribute of {problem.dataset}; "
                          f"choose one of its: {list(config.get('groups') or problem.audit)}.")
     scheme = get_scheme(config['scheme'], a, problem.name, config['seed'], **own)
