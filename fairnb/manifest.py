@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .core import build_once, progress, write_json
+from .core import build_once, write_json
 from .data import get_attribute, group_order, read_csv_rows, register_groups, split_by_patient
 
 # %% auto #0
@@ -240,7 +240,6 @@ def write_synthetic_manifest(root, # folder to create: images/ and manifest.csv
     "Write the built-in synthetic manifest (PNGs and manifest.csv) and its `world.json`."
     knobs = {k: v for k, v in locals().items() if k != 'root'}; root, rng = Path(root), np.random.default_rng(seed)
     (root/'images').mkdir(parents=True, exist_ok=True); lines, subject = [], 0
-    bar = progress(total=n_images, iterable=range(n_images), desc='synthetic manifest', leave=False)
     while len(lines) < n_images:
         subject += 1; female = rng.random() < female_share
         skin = str(rng.choice(list(SKIN), p=skin_shares))
