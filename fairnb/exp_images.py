@@ -12,8 +12,8 @@ import pandas as pd
 
 from .core import read_json
 from .data import ImageTable, check_groups, drop_bad_images
-from .manifest import (Spec, get_layout, image_transform, layout_table, manifest_splits, manifest_table,
-                             parse_manifest, read_rgb)
+from .manifest import (LAYOUTS, Spec, get_layout, image_transform, layout_table, manifest_splits,
+                             manifest_table, parse_manifest, read_rgb)
 import fairnb.layouts  # noqa: F401  (registers the public layouts)
 from .exp_chexpert import chexpert_model, data_facts, train_chexpert
 from .metrics import group_mean_rows
@@ -35,8 +35,8 @@ def check_source(config:dict):
         raise ValueError("data_dir is a public dataset's folder, read with layout=...; a manifest's paths are "
                          'relative to the manifest itself: leave data_dir=None.')
     if config['data_dir'] and not config['layout']:
-        raise ValueError(f"data_dir={config['data_dir']!r} needs the layout it is in (layout='nih', 'ham10000', "
-                         "'fitzpatrick17k'), or give your own manifest=... instead.")
+        raise ValueError(f"data_dir={config['data_dir']!r} needs the layout it is in (layout= one of "
+                         f"{sorted(set(LAYOUTS) - {'synthetic'})}), or give your own manifest=... instead.")
 
 def _tuple(v): return None if v is None else tuple(v)
 
@@ -160,7 +160,7 @@ IMAGES_PARAMS = dict(
     boost_group=Param(None, (str, None), 'balanced: a group drawn `boost` times as often as the largest; None: none'),
     boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     manifest=Param(None, (str, None), 'your manifest CSV (README: your own data in ten minutes); None: a layout'),
-    layout=Param(None, (str, None), "'nih', 'ham10000' or 'fitzpatrick17k', in their own files; None: synthetic"),
+    layout=Param(None, (str, None), "a public dataset in its own files ('nih', ...: README); None: synthetic"),
     data_dir=Param(None, (str, None), "the layout's folder; None: a synthetic copy in that layout"),
     labels=Param(None, (list, None), 'label columns: binary 0/1, or one multi-class column; None: the layout\'s'),
     classes=Param(None, (list, None), "a multi-class label's classes (a task each); None: the layout's, or binary"),
