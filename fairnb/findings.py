@@ -308,7 +308,8 @@ register_finding(Finding('F5', "Adversarial fair features: penalising one group'
 # %% ../nbs/17_findings.ipynb #f17e0033
 def _other_gap_rose(arm:Arm):
     "F7's (B): the test gap along the other attribute rose (age on CheXpert; on your data its next attribute)."
-    name, what = ('age_gap', 'age groups') if arm.family == 'chexpert' else ('other_gap', 'groups of the next attribute')
+    chexpert = arm.family == 'chexpert'
+    name, what = ('age_gap', 'age groups') if chexpert else ('other_gap', 'groups of the next attribute')
     return Part('claim', f'the test gap along another attribute rose (mean |AUC difference| of neighbouring {what})',
                 (('arm', name), ('base', name)), lambda x, b: x - b)
 register_finding(Finding('F7', 'Closing the sex gap widens the gap along another attribute (gerrymandering).',
