@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, progress, read_json, write_json
-from .data import ImageTable, age_group, dataset_attributes, encode_sex, read_csv_rows, split_by_patient
+from .data import (ImageTable, age_group, dataset_attributes, encode_sex, read_csv_rows, refuse,
+                         split_by_patient)
 
 # %% auto #0
 __all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'FIX_CSV', 'BASE_PREVALENCE',
@@ -68,12 +69,6 @@ def _check_columns(df, csv):
 
 FIX_CSV = 'Re-extract it from the CheXpert archive (a copy cut short or re-saved by an editor is damaged).'
 
-def _refuse(raw:pd.DataFrame, bad:pd.Series, column:str, csv:Path, what:str):
-    "Fail if any row is `bad`, naming the file, the first lines and their values of `column`."
-    if bad.any():
-        lines = ', '.join(f'line {n}: {v!r}' for n, v in zip(raw.line[bad][:3], raw[column][bad][:3]))
-        raise ValueError(f'{csv} has {int(bad.sum())} {column} value(s) that are not {what} ({lines}). {FIX_CSV}')
-
 def _image_path(root:Path, p:str):
     "Image file of a CSV `Path`: its first component (the dataset folder's name) replaced by `root`."
     return str(root/re.sub(r'^CheXpert-v1\.0[^/]*/', '', p))
@@ -85,11 +80,12 @@ def read_chexpert_csv(csv, # path of train.csv or valid.csv
     csv = Path(csv); uncertain = {**UNCERTAIN, **(uncertain or {})}
     header, rows, lines = read_csv_rows(csv, FIX_CSV)
     raw = pd.DataFrame(rows, columns=header).replace('', np.nan).assign(line=lines)
-    _check_columns(raw, csv)
-    _refuse(raw, raw.Age.notna() & pd.to_numeric(raw.Age, errors='coerce').isna(), 'Age', csv, 'an age in years')
+    raw.attrs['source'] = str(csv); _check_columns(raw, csv)
+    refuse(raw, raw.Age.notna() & pd.to_numeric(raw.Age, errors='coerce').isna(), 'Age', 'that are not an age in years',
+           FIX_CSV)
     for t in TASKS:
-        _refuse(raw, raw[t].notna() & ~pd.to_numeric(raw[t], errors='coerce').isin([1.0, 0.0, -1.0]), t, csv,
-                'a CheXpert label (1.0, 0.0, -1.0 or empty)')
+        refuse(raw, raw[t].notna() & ~pd.to_numeric(raw[t], errors='coerce').isin([1.0, 0.0, -1.0]), t,
+               'that are not a CheXpert label (1.0, 0.0, -1.0 or empty)', FIX_CSV)
     no_sex = ~raw.Sex.fillna('').str.lower().isin(['male', 'female'])
     drop = {'sex not Male or Female': no_sex, 'age missing': raw.Age.isna() & ~no_sex}
     keep = ~(no_sex | raw.Age.isna())

@@ -21,7 +21,7 @@ from .core import progress
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
            'dataset_attributes', 'group_order', 'register_groups', 'register_run_groups', 'encode_sex', 'age_group',
            'split_by_patient', 'group_composition', 'composition_rows', 'split_sizes', 'check_groups', 'decode_text',
-           'read_csv_rows', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'relabel_within_group',
+           'read_csv_rows', 'refuse', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'relabel_within_group',
            'balanced_index']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
@@ -181,6 +181,18 @@ def read_csv_rows(path, fix:str='', # what to do about a damaged file, appended 
             cut = ' and the file ends inside it: it was cut short' if n == rows[-1][0] and text[-1:] != '\n' else ''
             raise ValueError(f'{path} line {n} has {len(r)} fields where the header has {len(header)}{cut}. {fix}')
     return header, [r for _, r in rows], [n for n, _ in rows]
+
+# %% ../nbs/01_data.ipynb #d4c0de0b
+def refuse(raw:pd.DataFrame, # text rows with a `line` column; attrs['source'] names their file
+           bad, column:str, # the rows to refuse, and the column whose values they hold
+           what:str, # what those values are, e.g. 'that are not an age in years'
+           fix:str=''): # what to do about it
+    "Fail if any row is `bad`, naming the file, the count, and the first lines with their `column` values."
+    bad = np.asarray(bad, dtype=bool)
+    if bad.any():
+        first = ', '.join(f'line {n}: {v!r}' for n, v in zip(raw.line[bad][:3], raw[column][bad][:3]))
+        raise ValueError(f"{raw.attrs.get('source', 'the table')} has {int(bad.sum())} {column} value(s) {what} "
+                         f'({first}). {fix}'.rstrip())
 
 # %% ../nbs/01_data.ipynb #cf940bc9
 def _bad_reason(file):

@@ -13,8 +13,8 @@ from PIL import Image
 
 from .core import progress, write_json
 from .chexpert import draw_chest
-from .data import AGE_GROUP, age_group, read_csv_rows
-from .manifest import PATTERNS, Layout, Spec, draw_skin, refuse, register_layout
+from .data import AGE_GROUP, age_group, read_csv_rows, refuse
+from .manifest import PATTERNS, Layout, Spec, draw_skin, register_layout
 
 # %% auto #0
 __all__ = ['NIH_FINDINGS', 'NIH_HEADER', 'NIH_DRAWN', 'FIX_NIH', 'HAM_DX', 'HAM_HEADER', 'FIX_HAM', 'HAM_FOLDERS', 'FITZ_HEADER',

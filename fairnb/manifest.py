@@ -16,14 +16,14 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, write_json
-from .data import get_attribute, group_order, read_csv_rows, register_groups, split_by_patient
+from .data import get_attribute, group_order, read_csv_rows, refuse, register_groups, split_by_patient
 
 # %% auto #0
 __all__ = ['MANIFEST_SPLITS', 'BINARY', 'RESERVED', 'FIX_MANIFEST', 'PATTERNS', 'SKIN', 'DARKEN', 'NOISE', 'LAYOUTS', 'Spec',
-           'check_spec', 'refuse', 'manifest_table', 'check_columns', 'label_targets', 'attribute_codes',
-           'cluster_column', 'check_split_column', 'parse_manifest', 'read_manifest', 'manifest_splits', 'read_rgb',
-           'image_transform', 'draw_skin', 'write_synthetic_manifest', 'Layout', 'register_layout', 'get_layout',
-           'find_layout_dir', 'synthetic_layout', 'layout_table']
+           'check_spec', 'manifest_table', 'check_columns', 'label_targets', 'attribute_codes', 'cluster_column',
+           'check_split_column', 'parse_manifest', 'read_manifest', 'manifest_splits', 'read_rgb', 'image_transform',
+           'draw_skin', 'write_synthetic_manifest', 'Layout', 'register_layout', 'get_layout', 'find_layout_dir',
+           'synthetic_layout', 'layout_table']
 
 # %% ../nbs/18_manifest.ipynb #mf000006
 MANIFEST_SPLITS = ('train', 'validation', 'test')
@@ -62,14 +62,6 @@ def check_spec(spec:Spec):
     return spec
 
 # %% ../nbs/18_manifest.ipynb #mf000010
-def refuse(raw:pd.DataFrame, bad, column:str, what:str, fix:str=FIX_MANIFEST):
-    "Fail if any row is `bad`, naming the file, the count, and the first lines with their `column` values."
-    bad = np.asarray(bad, dtype=bool)
-    if bad.any():
-        first = ', '.join(f'line {n}: {v!r}' for n, v in zip(raw.line[bad][:3], raw[column][bad][:3]))
-        raise ValueError(f"{raw.attrs.get('source', 'the manifest')} has {int(bad.sum())} {column} value(s) {what} "
-                         f'({first}). {fix}')
-
 def manifest_table(csv): # the manifest CSV
     "The manifest's rows as text, with each row's `line` and its image's full `path`."
     csv = Path(csv).expanduser()
@@ -135,7 +127,7 @@ def cluster_column(raw:pd.DataFrame, spec:Spec):
 
 def check_split_column(raw:pd.DataFrame, clusters, spec:Spec):
     "Fail on a split name other than train, validation, test, or on a cluster found in two splits."
-    refuse(raw, ~raw.split.isin(MANIFEST_SPLITS), 'split', f'that are not one of {MANIFEST_SPLITS}')
+    refuse(raw, ~raw.split.isin(MANIFEST_SPLITS), 'split', f'that are not one of {MANIFEST_SPLITS}', FIX_MANIFEST)
     per = pd.DataFrame({'c': clusters, 's': raw.split.to_numpy(), 'line': raw.line.to_numpy()})
     n = per.groupby('c').s.nunique(); both = n[n > 1].index[:3]
     if len(both):
