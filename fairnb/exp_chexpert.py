@@ -137,5 +137,5 @@ CHEXPERT = Problem(name='chexpert', notebook='run_chexpert', params=CHEXPERT_PAR
                    dataset='chexpert', audit=('sex', 'age_group'), model_key='model',
                    out_dir='reports/chexpert_{scheme}', metric='auc', task='mean', flow=chexpert_flow,
                    positive_ints=('epochs', 'batch_size', 'img_size'), positive=('lr',), check=check_chexpert,
-                   fit_bar=0.95, worlds=CHEXPERT_WORLDS,
+                   fit_bar=0.95, figures='auc', worlds=CHEXPERT_WORLDS,
                    minutes={'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'lean': 0.6, 'paper': 26 * 60})

@@ -15,10 +15,11 @@ from .faces import FACE_PRESETS, FACE_WORLDS, backbone_run
 from .models import SIRN, load_weights
 from .schemes import Scheme, get_scheme
 from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
-                             face_evaluator, probe_sensitive)
+                             face_evaluator, face_outcomes, face_rows, probe_sensitive)
+from .results import write_predictions
 from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run
 from .exp_faces import (FACE_DATA_PARAMS, FACE_INTS, FACE_POSITIVE, check_faces, face_data, face_model,
-                              margin_head, train_face_model)
+                              face_predictions, margin_head, train_face_model)
 
 # %% auto #0
 __all__ = ['FAIR_FEATURES_PARAMS', 'FAIR_FEATURES', 'face_backbone', 'Game', 'sirn_game', 'evaluate_fair_features',
@@ -63,14 +64,17 @@ def sirn_game(run:Run, data:Data, backbone:Model):
     return Game(model, emb, history)
 
 # %% ../nbs/11c_exp_fair_features.ipynb #eff00008
-def evaluate_fair_features(run:Run, game:Game, backbone:Model):
-    "Results rows of `phi(x)` and of the pretrained `x`: recognition, the discriminator, a fresh probe."
+def evaluate_fair_features(run:Run, game:Game, backbone:Model, data:Data):
+    "Rows of `phi(x)` and of the pretrained `x`: recognition, the discriminator, a fresh probe; keeps predictions."
     dev, s, sirn = run.device, run.attribute, game.model.net
     eload = lambda split: run.loader(game.embeddings[split], workers=0)
     loaders = {'train': eload('train_eval'), 'validation': eload('validation'), 'test': eload('test')}
     x = nn.Identity()   # the frozen embeddings themselves
     probe_phi, probe_x = (probe_sensitive(m, eload('train_eval'), dev, s, seed=run.config['seed']) for m in (sirn, x))
-    return pd.concat([evaluate_faces(sirn, game.model.criterion, loaders, dev, run.attributes, s),
+    out = face_outcomes(sirn, game.model.criterion, loaders, dev)   # phi(x): what the findings report reads
+    for split in ('validation', 'test'):
+        write_predictions(run.out, split, face_predictions(data.frames[split], out[split]), out[split].emb)
+    return pd.concat([face_rows(out, run.attributes, s),
                       evaluate_discriminator(sirn, run.scheme.discriminator, loaders, dev, s),
                       evaluate_discriminator(sirn, probe_phi, loaders, dev, s, metric='probe_accuracy'),
                       evaluate_faces(x, backbone.criterion, loaders, dev, [s], s).assign(task='pretrained'),
@@ -94,7 +98,7 @@ def fair_features_flow(run:Run):
     "Freeze (or train) the backbone and play the SIRN game; returns what finishes the run."
     data = face_data(run); backbone, _ = face_backbone(run, data); game = sirn_game(run, data, backbone)
     return lambda: run.finish(fair_features_state(backbone, game, run.scheme),
-                              evaluate_fair_features(run, game, backbone), data.facts)
+                              evaluate_fair_features(run, game, backbone, data), data.facts)
 
 # %% ../nbs/11c_exp_fair_features.ipynb #eff00011
 FAIR_FEATURES_PARAMS = dict(
@@ -128,6 +132,6 @@ FAIR_FEATURES = Problem(name='fair_features', notebook='run_fair_features', para
                         out_dir='reports/fair_features', metric='accuracy', task='identification',
                         flow=fair_features_flow, positive_ints=FACE_INTS + ('sirn_epochs',),
                         positive=FACE_POSITIVE + ('sirn_lr',), check=check_fair_features, scheme='fair_features',
-                        fit_bar=0.938, torchrun=False,
+                        fit_bar=0.938, figures='rank1', torchrun=False,
                         minutes={'smoke': 0.4, 'cpu': 2.0, 'fit': 3.0, 'lean': 3.0, 'paper': 4 * 60},
                         worlds=FACE_WORLDS)

@@ -188,6 +188,7 @@ IMAGES_PARAMS = dict(
 
 IMAGES = Problem(name='images', notebook='run_images', params=IMAGES_PARAMS, presets=IMAGES_PRESETS, dataset='images',
                  audit=(), model_key='model', out_dir='reports/images_{scheme}', metric='auc', task='mean',
+                 figures='auc',
                  flow=images_flow, positive_ints=('epochs', 'batch_size', 'img_size', 'min_group'),
                  positive=('lr', 'val_frac', 'test_frac'), check=check_images, describe=describe_images,
                  minutes={'smoke': 0.2, 'cpu': 0.8, 'lean': 0.8, 'paper': 60})

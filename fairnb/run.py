@@ -57,6 +57,8 @@ class Problem:
     positive: tuple = () # keys that must be numbers > 0
     check: Callable|None = None # config -> None: further checks, before any data is read
     scheme: str|None = None # the scheme, when the problem has only one
+    figures: str|None = None # how the findings report reads a finished run: a reader of `fairnb.figures.READERS`
+                             # ('auc': per-task AUC over patients; 'rank1': rank-1 over identities); None: unread
     fit_bar: float = 0.95 # the lowest training score per group of the paper's own baselines: a model below it
                           # does not fit its training set as the paper's did
     minutes: dict = field(default_factory=dict) # rough minutes per run and preset (smoke, cpu: 2 cores; paper: a GPU)

@@ -15,7 +15,9 @@ import fairnb
 from .core import RunDirInUse, lock_run_dir, parse_value, read_json, release_run_dir
 from .experiments import PROBLEMS
 from .run import resolve_config
-from .tables import TABLES, Job, _same, findings_table, get_table, seed_list, table_jobs
+from .tables import TABLES, _same, get_table
+from .jobs import Job, seed_list, table_jobs
+from .claims import findings_table
 from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -140,27 +141,31 @@ def test_a_torchvision_backbone_by_name_with_local_weights(tmp_path):
 def test_the_findings_machinery_reads_your_data(tmp_path):
     """F1, F2, F7 and F8 on the images family: confirmation runs of each arm where the findings report puts them,
     gathered, assessed against the baseline and given verdicts; a sensitive attribute of six groups (skin type)."""
-    from fairnb.findings import assess, arm_verdicts, fit_check, gather_stage, run_folder
-    from fairnb.tables import ARMS, findings_table
+    from fairnb.claims import findings_table, gather_stage
+    from fairnb.figures import run_folder
+    from fairnb.verdicts import arm_verdicts, assess, fit_check
     over = {'images': {'layout': 'fitzpatrick17k', 'bootstrap': 0}}
-    chosen = {'im_eo_train': 10.0, 'im_di_train': 10.0, 'im_eq_holdout': 1.0}
+    chosen = {'im_eo_train': 10.0, 'im_di_train': 10.0, 'im_eq_train': 1.0, 'im_eq_holdout': 1.0}
     cells = findings_table('images', 'confirm', chosen).cells
-    assert len(cells) == 4
+    assert len(cells) == 5
     for c in cells:
         for s in (0, 1):
             launch('images', run_folder(tmp_path, 'smoke', c, s, over['images']), **c.kw, **over['images'], seed=s,
                    device='cpu')
     figs = gather_stage(tmp_path, 'smoke', ('images',), 'confirm', [0, 1], over, chosen, resamples=20)
-    assert not figs.missing and len(figs) == 8
+    assert not figs.missing and len(figs) == 10
     one = figs[cells[0], 0]
-    assert {'gap', 'score', 'train_worst', '1', '6'} <= set(one) and 'other_gap' not in one   # one attribute only
+    assert {'gap', 'signed_gap', 'score', 'train_worst', '1', '6'} <= set(one)
+    assert np.isnan(one['other_gap']).all()   # one attribute only: the gap along a next one is undefined
     parts = assess(figs, chosen, families=('images',))
     mine = parts[parts.family == 'images']
-    assert set(mine.arm) == {'im_eo_train', 'im_di_train', 'im_eq_holdout'}
+    assert set(mine.arm) == {'im_eo_train', 'im_di_train', 'im_eq_train', 'im_eq_holdout'}
     assert (mine.blocked.isna() & (mine.seeds == 2)).all() and mine.value.notna().any()
     f7 = mine[(mine.finding == 'F7') & (mine.role == 'claim')]
-    assert f7.value.isna().all() and 'other attribute' in f7.part.iloc[0]   # fitzpatrick17k has one attribute
+    assert f7.value.isna().all() and set(f7.verdict) == {'undefined'}   # fitzpatrick17k has one attribute
     v = arm_verdicts(parts)
     assert set(v[v.arm.str.startswith('im_')].verdict) <= {'reproduced', 'contradicted', 'inconclusive', 'not testable'}
+    f7v = v[(v.finding == 'F7') & v.arm.str.startswith('im_')]
+    assert (f7v.verdict == 'not testable').all()   # every arm: the condition, the premise, or the undefined gap
     fit = fit_check(figs, [0, 1], ('images',))
     assert fit.group.tolist() == ['worst'] and 0 < fit.train_score.iloc[0] <= 1

@@ -79,7 +79,7 @@ LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # 
           ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report', 'worlds'),   # method
           ('run',),                                                               # the run API
           ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'exp_images', 'experiments'),   # experiments
-          ('tables', 'findings'),                                                 # results
+          ('tables', 'jobs', 'figures', 'claims', 'verdicts', 'findings'),        # results: tables, runs, claims
           ('backends', 'sweep', 'launch')]                                        # top: the command lines
 
 
