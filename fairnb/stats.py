@@ -11,8 +11,8 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['mean_interval', 'hierarchical_replicates', 'hierarchical_se', 't_test', 't_bound', 't_mde', 'holm', 'holm_levels',
-           'bootstrap_p', 'two_proportion_test']
+__all__ = ['mean_interval', 'hierarchical_se', 't_test', 't_bound', 't_mde', 'holm', 'holm_levels', 'bootstrap_p',
+           'two_proportion_test']
 
 # %% ../nbs/00b_stats.ipynb #s00b0006
 def mean_interval(values, level:float=0.95): # one figure per seed
@@ -24,23 +24,10 @@ def mean_interval(values, level:float=0.95): # one figure per seed
     half = stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
     return (float(v.mean()), float(v.mean() - half), float(v.mean() + half), n)
 
-# %% ../nbs/00b_stats.ipynb #s00b0009
-def hierarchical_replicates(values:np.ndarray, # (K, S, 1 + R): K quantities, S seeds; column 0 on the data,
-                            fn=None, # (K,) means over seeds -> the statistic; None: the first quantity's mean
-                            boots:int=2000, seed:int=0): # columns 1..R: test resamples, j the same in every run
-    "(estimate, replicates): `fn` of the means over seeds; each replicate redraws the seeds, then one test resample."
-    v = np.asarray(values, dtype=float); fn = fn or (lambda m: m[0])
-    k, s, c = v.shape; rng = np.random.default_rng(seed)
-    est = fn(v[:, :, 0].mean(1))
-    seeds = rng.integers(0, s, (boots, s)); cols = 1 + rng.integers(0, c - 1, boots) if c > 1 else np.zeros(boots, int)
-    means = v[:, seeds, cols[:, None]].mean(2)   # (K, B)
-    reps = np.asarray(fn(means), dtype=float)   # arithmetic on the rows: all replicates at once
-    if reps.shape != (boots,): reps = np.array([fn(means[:, b]) for b in range(boots)])
-    return float(est), reps
-
-# %% ../nbs/00b_stats.ipynb #s00b0012
-def hierarchical_se(values:np.ndarray, # (K, S, 1 + R) as `hierarchical_replicates`
-                    fn=None, boots:int=2000, seed:int=0):
+# %% ../nbs/00b_stats.ipynb #s00b0010
+def hierarchical_se(values:np.ndarray, # (K, S, 1 + R): K quantities, S seeds; column 0 on the data,
+                    fn=None, # (K,) means over seeds -> the statistic; None: the first quantity's mean
+                    boots:int=2000, seed:int=0): # columns 1..R: test resamples, j the same in every run
     "(estimate, se, df): the SE of the seeds' part plus the test set's part, and its Welch-Satterthwaite df."
     v = np.asarray(values, dtype=float); fn = fn or (lambda m: m[0])
     k, s, c = v.shape; rng = np.random.default_rng(seed)
@@ -57,7 +44,7 @@ def hierarchical_se(values:np.ndarray, # (K, S, 1 + R) as `hierarchical_replicat
     df = (a + b) ** 2 / (a ** 2 / (s - 1) + b ** 2 / (c - 2)) if c > 2 and a + b > 0 else s - 1
     return est, se, float(df)
 
-# %% ../nbs/00b_stats.ipynb #s00b0014
+# %% ../nbs/00b_stats.ipynb #s00b0012
 def t_test(estimate:float, se:float, df:float, # the statistic, its SE and degrees of freedom
            threshold:float=0.0):
     "Both one-sided p-values of the statistic against `threshold` (Student t); NaN when it has no spread."
@@ -78,7 +65,7 @@ def t_mde(se:float, df:float, alpha:float, power:float=0.8):
     if not (np.isfinite(se) and se > 0 and np.isfinite(df)): return np.nan
     return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * se)
 
-# %% ../nbs/00b_stats.ipynb #s00b0017
+# %% ../nbs/00b_stats.ipynb #s00b0015
 def holm(p): # one-sided p-values; NaN left out
     "Holm's step-down adjusted p-values, in the input's order (NaN stays NaN)."
     p = np.asarray(p, dtype=float); out = np.full(len(p), np.nan); ok = np.flatnonzero(~np.isnan(p))
@@ -96,14 +83,14 @@ def holm_levels(p, alpha:float=0.05): # p-values; NaN left out
         out[k] = level or alpha / (m - i)
     return out
 
-# %% ../nbs/00b_stats.ipynb #s00b0020
+# %% ../nbs/00b_stats.ipynb #s00b0018
 def bootstrap_p(delta:np.ndarray): # (R,) resampled changes
     "Two-sided bootstrap p-value of no change: twice the smaller tail, (count + 1) / (R + 1), at most 1."
     d = np.asarray(delta, dtype=float); d = d[~np.isnan(d)]
     if len(d) == 0: return float('nan')
     return float(min(1.0, 2 * (min((d <= 0).sum(), (d >= 0).sum()) + 1) / (len(d) + 1)))
 
-# %% ../nbs/00b_stats.ipynb #s00b0023
+# %% ../nbs/00b_stats.ipynb #s00b0021
 def two_proportion_test(x1:int, n1:int, x2:int, n2:int, # successes and trials of each sample
                         alternative:str='greater'): # 'greater' (p1 > p2), 'less' or 'two-sided'
     "(z, p): the pooled two-proportion z-test of x1/n1 against x2/n2."

@@ -37,18 +37,20 @@ def common_seeds(figs:dict, cells):
 
 def stack(figs:dict, who:dict, terms, seeds): # who: 'arm' and 'base' -> cells
     "(K, S, 1 + R) figures of `terms` over `seeds`; an error for a figure no run provides or mixed test sets."
-    out, sets = [], set()
+    out, sets = [], {}
     for w, name in terms:
         runs = [figs[_who(who, w), s] for s in seeds]
         if not any(name in f for f in runs):
             raise KeyError(f'figure {name!r} is provided by no run of {_who(who, w)}; its runs provide '
                            f'{sorted(k for k in runs[0] if k != "test_set")}.')
-        sets |= {f.get('test_set') for f in runs}
+        for s, f in zip(seeds, runs): sets.setdefault(s, set()).add(f.get('test_set'))
         width = len(next(f for f in runs if name in f)[name])
         out.append(np.stack([f.get(name, np.full(width, np.nan)) for f in runs]))
-    if len(sets - {None}) > 1:
-        raise ValueError(f'runs scored on different test sets ({sorted(sets - {None})}) cannot share a test-set '
-                         'resample: score every seed and arm of a family on one test set.')
+    mixed = {s: sorted(v - {None}) for s, v in sets.items() if len(v - {None}) > 1}
+    if mixed:   # a seed's arms must be scored alike; seeds may draw their own test sets (faces), then unshared
+        s, v = next(iter(mixed.items()))
+        raise ValueError(f'runs of seed {s} scored on different test sets ({v}) cannot share a test-set resample: '
+                         'score every arm of a seed on one test set.')
     return np.stack(out)
 
 # %% ../nbs/17b_verdicts.ipynb #f17b0009

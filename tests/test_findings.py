@@ -170,7 +170,7 @@ def test_face_claims_read_seen_unseen_identities_and_the_sirns_own_predictions(f
         assert np.isfinite(f[k][0]), k
     g = figs[cells[3], 0]   # fair features: its SIRN's test predictions, on the confirm half, resampled
     for k in ('sensitive_accuracy', 'probe_accuracy', 'score', 'female', 'male'): assert np.isfinite(g[k][0]), k
-    assert np.std(g['female'][1:]) > 0 and g['test_set'] == f['test_set']   # the same test half as the face runs
+    assert np.std(g['female'][1:]) > 0 and g['test_set'] == f['test_set']   # the same test half as the seed's face run
     run = next((d / 'smoke').glob('faces-baseline-seed0'))
     test = pd.read_csv(run / 'predictions' / 'test.csv'); keep = ~split_halves(test.identity)
     val = pd.read_csv(run / 'predictions' / 'validation.csv')
