@@ -17,11 +17,12 @@ __all__ = ['GPU_PRESETS', 'slot_env', 'default_jobs', 'stop_tree', 'run_job', 'L
 def slot_env(slot:int, jobs:int, gpus:int, cpus:int|None=None, # slot in range(jobs); visible GPUs; cores
              threads:int|None=None): # threads per run; None: the cores shared out
     "Environment variables of the run in `slot`: its GPU (of those this process sees), or its share of the cores."
-    if gpus:
+    shared = str(threads or max(1, (cpus or os.cpu_count() or 1) // jobs))
+    if gpus:   # more runs than GPUs share them, round robin, and the cores too
         seen = os.environ.get('CUDA_VISIBLE_DEVICES', '').split(',')
-        return {'CUDA_VISIBLE_DEVICES': seen[slot % len(seen)] if seen != [''] else str(slot % gpus)}
-    shared = max(1, (cpus or os.cpu_count() or 1) // jobs)
-    return {'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': str(threads or shared)}
+        gpu = {'CUDA_VISIBLE_DEVICES': seen[slot % len(seen)] if seen != [''] else str(slot % gpus)}
+        return gpu | ({'OMP_NUM_THREADS': shared} if jobs > gpus else {})
+    return {'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': shared}
 
 def default_jobs(gpus:int): return max(1, gpus)
 
@@ -71,8 +72,8 @@ class LocalBackend:
         self.slots = list(range(self.jobs))
 
     def describe(self):
-        return f'{self.jobs} at a time on ' + (f'{self.gpus} GPU(s), one run per GPU' if self.gpus else
-                                               f'the CPU ({os.cpu_count()} cores shared out)')
+        gpu = f'{self.gpus} GPU(s), ' + ('one run per GPU' if self.jobs <= self.gpus else 'runs sharing them')
+        return f'{self.jobs} at a time on ' + (gpu if self.gpus else f'the CPU ({os.cpu_count()} cores shared out)')
 
     def _run_one(self, args, log, job):
         with self.lock:

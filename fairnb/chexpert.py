@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, progress, read_json, write_json
-from .data import (ImageTable, age_group, dataset_attributes, encode_sex, read_csv_rows, refuse,
+from .data import (ImageTable, image_reader, age_group, dataset_attributes, encode_sex, read_csv_rows, refuse,
                          split_by_patient)
 
 # %% auto #0
@@ -266,9 +266,9 @@ def synthetic_chexpert(root=None, # parent folder; default: `fairnb.core.cache_d
 # %% ../nbs/02_chexpert.ipynb #cw000002
 CHEXPERT_WORLDS = {
     'default': {},
-    'findings': dict(n_test=6000, female_share=0.4, female_contrast=0.8, female_label_noise=0.1, female_variant=0.5,
+    'findings': dict(n_test=30000, female_share=0.4, female_contrast=0.8, female_label_noise=0.1, female_variant=0.5,
                      sex_cue=1.0, age_cue=1.0, hard_ages=(60, 80), hard_age_contrast=0.7, female_prevalence_shift=0.25),
-    'null': dict(n_test=6000, female_share=0.5, female_contrast=1.0, female_label_noise=0.0, female_variant=0.0,
+    'null': dict(n_test=30000, female_share=0.5, female_contrast=1.0, female_label_noise=0.0, female_variant=0.0,
                  sex_cue=0.0, age_cue=0.0, hard_age_contrast=1.0, female_prevalence_shift=0.0),
 }
 
@@ -319,11 +319,12 @@ def chexpert_frames(data_dir=None, # CheXpert folder; None: the built-in synthet
 # %% ../nbs/02_chexpert.ipynb #c97e1e34
 def chexpert_datasets(frames:dict, # from `chexpert_frames`
                       img_size:int=256, preload:bool=True, # decode all images once up front
-                      augment:bool=True): # random affine on the training split
+                      augment:bool=True, # random affine on the training split
+                      decode_once:bool=False): # decode into a shared array file (`fairnb.data.decoded_images`)
     "`ImageTable`s: 'train' (augmented) and unaugmented 'train_eval', 'validation', 'test'."
-    ds = {}
+    ds, get = {}, image_reader(frames, read_gray, img_size, decode_once)
     for split, df in frames.items():
-        read = lambda i, files=df.file.tolist(): read_gray(files[i], img_size)
+        read = lambda i, files=df.file.tolist(): get(files[i])
         ds[split] = ImageTable(read, df[list(TASKS)].values.astype(np.float32),
                                {a.name: df[a.name].values for a in dataset_attributes('chexpert')},
                                chexpert_transform(img_size), preload=preload, desc=split)

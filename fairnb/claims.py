@@ -89,7 +89,7 @@ def findings_table(family:str, stage:str, # a name of `FAMILIES`; 'tune' or 'con
     "The findings runs of `family` at `stage`, registered as `findings_<stage>_<family>`."
     arms = [a for a in ARMS.values() if a.family == family]
     if not arms: raise ValueError(f'Unknown family {family!r}; choose one of {FAMILIES}.')
-    if stage == 'tune': cells = [a.cell(v) for a in arms for v in (a.grid or [None]) if a.grid or 'base' in a.key]
+    if stage == 'tune': cells = [a.cell(v) for a in arms for v in (a.grid or [None])]   # untuned arms: their spread
     elif stage == 'confirm':
         chosen = chosen or {}
         cells = [a.cell(chosen.get(a.key)) for a in arms if not a.knob or chosen.get(a.key, 0) is not None]

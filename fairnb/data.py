@@ -21,8 +21,8 @@ from .core import progress
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
            'dataset_attributes', 'group_order', 'register_groups', 'register_run_groups', 'encode_sex', 'age_group',
            'split_by_patient', 'group_composition', 'composition_rows', 'split_sizes', 'check_groups', 'decode_text',
-           'read_csv_rows', 'refuse', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'relabel_within_group',
-           'balanced_index']
+           'read_csv_rows', 'refuse', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'decoded_store',
+           'decoded_images', 'image_reader', 'relabel_within_group', 'balanced_index']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -275,6 +275,45 @@ class ImageTable(Dataset):
         img = self.images[i] if self.images is not None else self.read(i)
         if self.transform is not None: img = self.transform(img)
         return img, self.targets[i], {k: int(v[i]) for k, v in self.attrs.items()}
+
+# %% ../nbs/01_data.ipynb #dec01
+def decoded_store(files, size:int): # files of one dataset
+    "Where `decoded_images` keeps `files` decoded at `size` pixels: in the cache, named by their folder."
+    from fairnb.core import cache_dir
+    import hashlib
+    root = os.path.commonpath([str(Path(f).parent) for f in files]) if len(files) else ''
+    return cache_dir()/'decoded'/f"{hashlib.sha1(root.encode()).hexdigest()[:12]}-{size}"
+
+def _read_store(store:Path):
+    if not store.with_suffix('.npy').exists(): return [], None
+    return store.with_suffix('.txt').read_text().splitlines(), np.load(store.with_suffix('.npy'), mmap_mode='r')
+
+def decoded_images(files, read:Callable, store:Path): # read(file) -> uint8 tensor (C, H, W)
+    "file -> its decoded uint8 image, for every file of `files`, decoded once into `store` and memory-mapped."
+    from fairnb.core import entry_lock
+    want = list(dict.fromkeys(map(str, files))); names, arr = _read_store(store)
+    if not set(want) <= set(names):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with entry_lock(store.with_suffix('.lock')):
+            names, arr = _read_store(store)   # another run may have added them while we waited
+            new = [f for f in want if f not in set(names)]
+            if new:
+                add = np.stack([read(f).numpy() for f in progress(new, f'decoding {len(new)} images once',
+                                                                    leave=False)])
+                arr = add if arr is None else np.concatenate([np.asarray(arr), add]); names = names + new
+                tmp = store.parent/f'.{store.name}.{os.getpid()}'
+                np.save(f'{tmp}.npy', arr); Path(f'{tmp}.txt').write_text('\n'.join(names) + '\n')
+                os.replace(f'{tmp}.txt', store.with_suffix('.txt')); os.replace(f'{tmp}.npy', store.with_suffix('.npy'))
+                names, arr = _read_store(store)
+    index = {f: i for i, f in enumerate(names)}
+    return lambda f: torch.from_numpy(np.array(arr[index[str(f)]]))
+
+def image_reader(frames:dict, read:Callable, size:int, once:bool=False): # read(file, size); frames: split -> files
+    "file -> image, for the files of every split: `read` each time, or (`once`) decoded once by `decoded_images`."
+    one = lambda f: read(f, size)
+    if not once: return one
+    files = [f for df in frames.values() for f in df.file]
+    return decoded_images(files, one, decoded_store(files, size))
 
 # %% ../nbs/01_data.ipynb #c4e5f6a2
 def relabel_within_group(labels, # (N,) class labels

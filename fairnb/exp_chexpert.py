@@ -47,7 +47,8 @@ def chexpert_data(run:Run):
     check_groups(frames, run.attribute)
     facts = data_facts(frames, frames['train'].attrs['dropped'],
                        world=frames['train'].attrs['world'])   # the synthetic data's manifest (None: real data)
-    datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c['augment'])
+    datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c['augment'],
+                                 decode_once=c['preload'] and not c['data_dir'])   # synthetic: decoded once
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 

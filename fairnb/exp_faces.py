@@ -37,7 +37,8 @@ def face_data(run:Run):
                               c['num_workers'] or None)['CelebA']
     frames = face_splits(checked, n_test_ids=c['n_test_ids'], holdout_frac=HOLDOUT_FRAC, seed=c['seed'], **split)
     check_groups(frames, run.attribute)
-    datasets = face_datasets(frames, run.attributes, c['img_size'], preload=c['preload'])
+    datasets = face_datasets(frames, run.attributes, c['img_size'], preload=c['preload'],
+                             decode_once=c['preload'] and not c['data_dir'])   # synthetic: decoded once
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, {'images_skipped': checked.attrs['bad_images'], 'world': checked.attrs['world']})
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, config_differences, progress, read_json, write_json
-from .data import Attribute, ImageTable, decode_text, get_attribute, register_attribute
+from .data import Attribute, ImageTable, image_reader, decode_text, get_attribute, register_attribute
 
 # %% auto #0
 __all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FIX_CELEBA', 'FACE_CROP', 'CODE_MIDDLE', 'FACE_WORLDS', 'BACKBONE_KEYS',
@@ -255,11 +255,13 @@ def world_parts(knobs:dict):
 # %% ../nbs/03_faces.ipynb #3b326bb7
 def face_datasets(frames:dict, # split -> DataFrame from `face_splits`
                   attributes:list, # attributes the samples carry (`Attribute`s or names)
-                  img_size:int=112, preload:bool=True):
+                  img_size:int=112, preload:bool=True,
+                  decode_once:bool=False): # decode into a shared array file (`fairnb.data.decoded_images`)
     "`ImageTable`s per split, plus the unaugmented 'train_eval'."
     names, ds = list(dict.fromkeys(get_attribute(a).name for a in attributes)), {}
+    get = image_reader(frames, read_face, img_size, decode_once)
     for split, df in frames.items():
-        read = lambda i, files=df.file.tolist(): read_face(files[i], img_size)
+        read = lambda i, files=df.file.tolist(): get(files[i])
         ds[split] = ImageTable(read, df.label.values, {a: df[a].values for a in (*names, 'identity')},
                                face_transform(), preload=preload, desc=split)
     ds['train_eval'] = ds['train']; ds['train'] = ds['train'].with_transform(face_transform(train=True))
@@ -300,9 +302,10 @@ FACE_PRESETS = {
     'fit': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=30, batch_size=64, lr=0.1,
                 milestones=[20, 26, 28], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
                 sirn_epochs=30, sirn_lr=1e-3, precision='fp32', channels_last=False, compile_model=False),
-    'lean': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=30, batch_size=64, lr=0.1,
-                 milestones=[20, 26, 28], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
-                 sirn_epochs=30, sirn_lr=1e-3, precision='fp32', channels_last=False, compile_model=False),
+    'lean': dict(backbone='face_cnn', width=16, emb_size=128, img_size=32, epochs=45, batch_size=64, lr=0.1,
+                 milestones=[30, 39, 43], s=64.0, m=0.35, n_test_ids=None, preload=True, num_workers=0,
+                 sirn_epochs=30, sirn_lr=1e-3, precision='fp32', channels_last=False, compile_model=False,
+                 eval_every=15),
     'paper': dict(backbone='resnet18', width=None, emb_size=512, img_size=112, epochs=120, batch_size=512, lr=0.1,
                   milestones=[35, 65, 95], s=64.0, m=0.35, n_test_ids=1000, preload=False, num_workers=8,
                   sirn_epochs=30, sirn_lr=1e-3, precision='bf16', channels_last=True, compile_model=True,

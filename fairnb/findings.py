@@ -97,4 +97,5 @@ def part_table(parts:pd.DataFrame): # `assess` output
     side = parts.claim.map({'above': '>', 'below': '<', 'either': '≠'}) + ' ' + \
         parts.threshold.map(lambda v: f'{v:.3g}' if np.isfinite(v) else '')
     return parts.assign(statistic=parts.apply(_bound_text, axis=1), side=side, level=parts.level_claim)[
-        ['finding', 'arm', 'at', 'role', 'part', 'statistic', 'side', 'level', 'mde', 'seeds', 'verdict']]
+        ['finding', 'arm', 'at', 'role', 'part', 'statistic', 'side', 'level', 'mde', 'power', 'seeds',
+         'verdict']]

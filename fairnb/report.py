@@ -78,17 +78,20 @@ def plot_groups(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or it
     return fig
 
 # %% ../nbs/10_report.ipynb #53f036f9
+def _curve(ax, history:pd.DataFrame, col:str, label:str): # epochs not evaluated (`eval_every`) left out
+    h = history.dropna(subset=[col]); ax.plot(h.epoch, h[col], marker='o', label=label)
+
 def plot_history(history:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name
                  metric:str='auc'): # history columns f'val_{metric}_{group}', f'{split}_{metric}_gap'
     "Training curves: per-group training loss, per-group validation metric, and its gap on train and validation."
     groups = get_attribute(attribute).groups
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.2))
     for g in groups:
-        axs[0].plot(history.epoch, history[f'train_loss_{g}'], marker='o', label=g)
-        if f'val_{metric}_{g}' in history: axs[1].plot(history.epoch, history[f'val_{metric}_{g}'], marker='o', label=g)
+        _curve(axs[0], history, f'train_loss_{g}', g)
+        if f'val_{metric}_{g}' in history: _curve(axs[1], history, f'val_{metric}_{g}', g)
     for split, name in (('train', 'train'), ('val', 'validation')):
         if f'{split}_{metric}_gap' in history:
-            axs[2].plot(history.epoch, history[f'{split}_{metric}_gap'], marker='o', label=name)
+            _curve(axs[2], history, f'{split}_{metric}_gap', name)
     axs[2].axhline(0, color='grey', lw=0.8)
     axs[0].set(title='training loss per group', xlabel='epoch')
     axs[1].set(title=f'validation {metric} per group', xlabel='epoch')

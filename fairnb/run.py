@@ -187,7 +187,8 @@ class Run:
         speed_up(model.net, c['channels_last'], c['compile_model'])
         history = fit(model.net, share(train), model.criterion, scheme, model.optimizer, epochs or c['epochs'],
                       self.device, evaluate=evaluate, scheduler=model.scheduler, holdout=hold,
-                      checkpoint=self.out/f'{name}checkpoint.pt', resume=c['resume'], precision=c['precision'])
+                      checkpoint=self.out/f'{name}checkpoint.pt', resume=c['resume'], precision=c['precision'],
+                      eval_every=c.get('eval_every', 1))
         if is_main(): write_csv(self.out/f'{name}history.csv', history)
         return history
     def finish(self, model_state, # what model.pt holds: a state dict, or a dict of them

@@ -11,8 +11,8 @@ import pandas as pd
 from scipy import stats
 
 # %% auto #0
-__all__ = ['mean_interval', 'hierarchical_se', 't_test', 't_bound', 't_mde', 'holm', 'holm_levels', 'bootstrap_p',
-           'two_proportion_test']
+__all__ = ['mean_interval', 'hierarchical_se', 'se_parts', 'ws_df', 't_test', 't_bound', 't_mde', 't_power', 'projected_se',
+           'seeds_needed', 'holm', 'holm_levels', 'bootstrap_p', 'two_proportion_test']
 
 # %% ../nbs/00b_stats.ipynb #s00b0006
 def mean_interval(values, level:float=0.95): # one figure per seed
@@ -29,6 +29,14 @@ def hierarchical_se(values:np.ndarray, # (K, S, 1 + R): K quantities, S seeds; c
                     fn=None, # (K,) means over seeds -> the statistic; None: the first quantity's mean
                     boots:int=2000, seed:int=0): # columns 1..R: test resamples, j the same in every run
     "(estimate, se, df): the SE of the seeds' part plus the test set's part, and its Welch-Satterthwaite df."
+    est, a, b = se_parts(values, fn, boots, seed); _, s, c = np.shape(values)
+    if s < 2 or not np.isfinite(est): return est, np.nan, np.nan
+    se = float(np.sqrt(a + b)) if np.isfinite(a + b) else np.nan
+    if se <= 1e-12 * max(1.0, abs(est)): se = 0.0   # rounding in the statistic is no spread
+    return est, se, ws_df(a, b, s, c - 1)
+
+def se_parts(values:np.ndarray, fn=None, boots:int=2000, seed:int=0): # as `hierarchical_se`
+    "(estimate, the seeds' variance, the test set's variance) of the statistic of the seeds' means."
     v = np.asarray(values, dtype=float); fn = fn or (lambda m: m[0])
     k, s, c = v.shape; rng = np.random.default_rng(seed)
     est = float(fn(v[:, :, 0].mean(1)))
@@ -39,10 +47,12 @@ def hierarchical_se(values:np.ndarray, # (K, S, 1 + R): K quantities, S seeds; c
         r = r[np.isfinite(r)]; return float(r.var(ddof=1)) if len(r) > 1 else np.nan
     a = spread(v[:, rng.integers(0, s, (boots, s)), 0].mean(2)) * s / (s - 1)   # the seeds' part, on the data
     b = spread(v[:, :, 1:].mean(1)) if c > 2 else 0.0                            # the test set's part, every seed
-    se = float(np.sqrt(a + b)) if np.isfinite(a + b) else np.nan
-    if se <= 1e-12 * max(1.0, abs(est)): se = 0.0   # rounding in the statistic is no spread
-    df = (a + b) ** 2 / (a ** 2 / (s - 1) + b ** 2 / (c - 2)) if c > 2 and a + b > 0 else s - 1
-    return est, se, float(df)
+    return est, a, b
+
+def ws_df(a:float, b:float, seeds:int, resamples:int): # a: variance from the seeds, b: from the test resamples
+    "Welch-Satterthwaite degrees of freedom of the variance a + b."
+    return float((a + b) ** 2 / (a ** 2 / (seeds - 1) + b ** 2 / (resamples - 1)) if resamples > 1 and a + b > 0
+                 else seeds - 1)
 
 # %% ../nbs/00b_stats.ipynb #s00b0012
 def t_test(estimate:float, se:float, df:float, # the statistic, its SE and degrees of freedom
@@ -64,6 +74,25 @@ def t_mde(se:float, df:float, alpha:float, power:float=0.8):
     "The smallest true distance from the threshold the one-sided level-`alpha` test finds with `power`."
     if not (np.isfinite(se) and se > 0 and np.isfinite(df)): return np.nan
     return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * se)
+
+# %% ../nbs/00b_stats.ipynb #s00bp01
+def t_power(effect:float, se:float, df:float, alpha:float): # effect: the true distance from the threshold
+    "Power of the one-sided level-`alpha` t test at a true distance `effect` from its threshold."
+    if not (np.isfinite(effect) and np.isfinite(se) and se > 0 and np.isfinite(df)): return np.nan
+    return float(stats.t.cdf(effect / se - stats.t.ppf(1 - alpha, df), df))
+
+def projected_se(seed_sd:float, test_sd:float, seeds:int, # test_sd: one seed's test-set SE
+                 shared:bool=True, resamples:int=200): # shared: every seed scored on one test set
+    "(se, df) of a statistic of `seeds` seeds' means: the seeds' part falls with them, a shared test set's not."
+    a, b = seed_sd ** 2 / seeds, test_sd ** 2 / (1 if shared else seeds)
+    return float(np.sqrt(a + b)), ws_df(a, b, seeds, resamples)
+
+def seeds_needed(seed_sd:float, test_sd:float, effect:float, alpha:float, power:float=0.8,
+                 cap:int=50, shared:bool=True, resamples:int=200):
+    "The fewest seeds (2 .. cap) whose test finds `effect` with `power`; None when `cap` seeds do not."
+    for n in range(2, cap + 1):
+        if t_power(effect, *projected_se(seed_sd, test_sd, n, shared, resamples), alpha) >= power: return n
+    return None
 
 # %% ../nbs/00b_stats.ipynb #s00b0015
 def holm(p): # one-sided p-values; NaN left out

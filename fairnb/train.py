@@ -148,7 +148,8 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         holdout=None, # loader of the holdout split, for schemes with penalty_on='holdout'
         checkpoint=None, # file written after every epoch
         resume:bool=False, # continue from `checkpoint` if it exists
-        precision:str='fp32'): # 'bf16': forward passes in bf16 autocast (see `speed_up` for the rest)
+        precision:str='fp32', # 'bf16': forward passes in bf16 autocast (see `speed_up` for the rest)
+        eval_every:int=1): # `evaluate` after every this many epochs, and after the last
     "Train `model` for `epochs` epochs; returns the per-epoch history."
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
@@ -171,7 +172,7 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         for l in (loader, holdout): set_sampler_epoch(l, epoch)
         hold = cycle(holdout) if holdout is not None else None
         row |= train_epoch(net, loader, crit, scheme, optimizer, device, epoch, hold, precision)
-        if evaluate is not None:
+        if evaluate is not None and (epoch % eval_every == 0 or epoch == epochs):
             with local_statistics(): row |= evaluate(model)   # torchrun: each process evaluates whole splits
         if scheduler is not None: scheduler.step()
         history.append(row | {'seconds': time.time() - t0})

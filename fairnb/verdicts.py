@@ -12,11 +12,13 @@ from .claims import (ARMS, BASELINES, FINDINGS, SCORE_MARGIN, Finding, Part, see
 from .experiments import PROBLEMS
 from .figures import reference_gap
 from .jobs import seed_list
-from .stats import hierarchical_se, holm, holm_levels, t_bound, t_mde, t_test
+from .stats import (hierarchical_se, holm, holm_levels, projected_se, se_parts, seeds_needed, t_bound,
+                          t_mde, t_power, t_test)
 
 # %% auto #0
 __all__ = ['ALPHA', 'POWER', 'BOOTS', 'VERDICTS', 'delta_margin', 'common_seeds', 'stack', 'score_part', 'assess', 'arm_verdict',
-           'arm_verdicts', 'combine_arms', 'finding_verdicts', 'fit_check', 'levelling_table']
+           'arm_verdicts', 'combine_arms', 'finding_verdicts', 'part_spread', 'power_plan', 'plan_seeds', 'fit_check',
+           'levelling_table']
 
 # %% ../nbs/17b_verdicts.ipynb #f17b0005
 ALPHA, POWER = 0.05, 0.8   # one-sided level of every test (claims: before Holm); the power the MDE is given at
@@ -60,6 +62,12 @@ def _threshold(p:Part, figs, who, seeds, family, boots):
     est, se, _ = hierarchical_se(stack(figs, who, [('base', p.delta_of)], seeds), boots=boots)
     return delta_margin(est, se)
 
+def _effect(p:Part, thr:float, figs, who, seeds, boots):
+    "The distance from its threshold a part is powered to find (see `power_plan`)."
+    if p.threshold == 'margin': return abs(thr)   # a score kept: a true loss of 0
+    est = hierarchical_se(stack(figs, who, [('base', p.delta_of)], seeds), boots=boots)[0]
+    return delta_margin(est, 0.0)   # delta's floor, a quarter of the baseline's value: its 2 SEs fall with seeds
+
 def score_part(p:Part, figs:dict, arm, base, family:str, boots:int=BOOTS): # arm, base: cells
     "The part's row: statistic, SE, degrees of freedom, threshold, both one-sided p-values, seeds."
     who = {'arm': arm, 'base': base}
@@ -72,7 +80,8 @@ def score_part(p:Part, figs:dict, arm, base, family:str, boots:int=BOOTS): # arm
     r = t_test(est, se, df, thr)
     pc, px = (r['p_below'], r['p_above']) if p.claim == 'below' else (r['p_above'], r['p_below'])
     if p.claim == 'either': pc = px = min(1.0, 2 * min(r['p_above'], r['p_below']))
-    return row | dict(value=est, se=se, df=df, threshold=thr, p_claim=pc, p_contra=px)
+    return row | dict(value=est, se=se, df=df, threshold=thr, p_claim=pc, p_contra=px,
+                      effect=_effect(p, thr, figs, who, seeds, boots) if p.role == 'claim' else np.nan)
 
 # %% ../nbs/17b_verdicts.ipynb #f17b0013
 def _blocked(f:Finding, key:str, value, families):
@@ -93,7 +102,7 @@ def _part_rows(findings:dict, figs:dict, chosen:dict, families, boots:int):
             if blocked: rows.append(info | dict(role='kept', part='(not run)', seeds=0, blocked=blocked)); continue
             rows += [info | score_part(p, figs, a.cell(value), base, a.family, boots) for p in f.parts(a)]
     df = pd.DataFrame(rows)
-    for k in ('blocked', 'value', 'se', 'df', 'threshold', 'p_claim', 'p_contra'):
+    for k in ('blocked', 'value', 'se', 'df', 'threshold', 'p_claim', 'p_contra', 'effect'):
         if k not in df: df[k] = None if k == 'blocked' else np.nan
     return df
 
@@ -104,7 +113,9 @@ def _levels(df:pd.DataFrame, alpha:float):
         p = df[k].to_numpy(dtype=float); df[f'{k}_holm'], df[f'level_{k[2:]}'] = p, np.where(np.isnan(p), np.nan, alpha)
         df.loc[claims, f'{k}_holm'] = holm(p[claims]); df.loc[claims, f'level_{k[2:]}'] = holm_levels(p[claims], alpha)
     m = int(np.isfinite(df.loc[claims, 'p_claim'].to_numpy(dtype=float)).sum())
-    df['mde'] = [t_mde(r.se, r.df, alpha / max(m, 1) if r.role == 'claim' else alpha, POWER) for r in df.itertuples()]
+    level = lambda r: alpha / max(m, 1) / (2 if r.claim == 'either' else 1) if r.role == 'claim' else alpha
+    df['mde'] = [t_mde(r.se, r.df, level(r), POWER) for r in df.itertuples()]
+    df['power'] = [t_power(r.effect, r.se, r.df, level(r)) for r in df.itertuples()]   # at the effect planned for
     return df
 
 def _bounds(r):
@@ -203,6 +214,53 @@ def finding_verdicts(parts:pd.DataFrame, findings:dict|None=None, families=('che
         rows.append(dict(finding=k, claim=fs[k].claim, source=fs[k].source, verdict=v, rests_on=rests,
                          arms=_evidence(d)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/17b_verdicts.ipynb #f17bp01
+def part_spread(p:Part, figs:dict, arm, base, family:str, boots:int=BOOTS): # arm, base: cells
+    "A part on the tuning seeds: its value, threshold, effect, one seed's SD, one seed's test-set SE, shared or not."
+    who = {'arm': arm, 'base': base}
+    seeds = common_seeds(figs, {_who(who, w) for w, _ in p.terms} | {arm, base})
+    if len(seeds) < 2: return None
+    thr = _threshold(p, figs, who, seeds, family, boots)
+    est, a, b = se_parts(stack(figs, who, p.terms, seeds), lambda m: p.fn(*m), boots)
+    shared = len({figs[base, s].get('test_set') for s in seeds}) == 1   # faces draw a test set per seed
+    s = len(seeds)
+    return dict(value=est, threshold=thr, effect=_effect(p, thr, figs, who, seeds, boots),
+                seed_sd=float(np.sqrt(a * s)), test_se=float(np.sqrt(b if shared else b * s)), shared=shared,
+                tuning_seeds=s)
+
+# %% ../nbs/17b_verdicts.ipynb #f17bp02
+def power_plan(figs:dict, chosen:dict, findings:dict|None=None, # `gather` output of the tuning seeds (tune half)
+               families=('chexpert', 'faces'), alpha:float=ALPHA, power:float=POWER, cap:int=20,
+               resamples:int=200, boots:int=BOOTS):
+    "Per claim part: its spread on the tuning seeds, the effect it is powered for, its level, the seeds it needs."
+    rows = []
+    for f in (findings or FINDINGS).values():
+        for key in f.arms:
+            a = ARMS[key]; base, value = ARMS[(f.base or BASELINES)[a.family]].cell(), chosen.get(key, a.default)
+            if _blocked(f, key, value, families): continue
+            for p in f.parts(a):
+                sp = part_spread(p, figs, a.cell(value), base, a.family, boots) if p.role == 'claim' else None
+                if sp: rows.append(dict(finding=f.key, arm=key, at=value if a.knob else np.nan, part=p.what,
+                                        claim=p.claim, **sp))
+    df = pd.DataFrame(rows)
+    if not len(df): return df
+    m = len(df); df['level'] = [alpha / m / (2 if c == 'either' else 1) for c in df.claim]
+    need = lambda r, n: seeds_needed(r.seed_sd, r.test_se, r.effect, r.level, power, n, r.shared, resamples)
+    df['needed'] = [need(r, cap) for r in df.itertuples()]
+    df['reachable'] = [bool(not r.shared or need(r, 10_000) is not None) for r in df.itertuples()]
+    return df
+
+def plan_seeds(plan:pd.DataFrame, floor:int, cap:int, power:float=POWER, resamples:int=200): # `power_plan`
+    "(seeds to run, the plan with each part's power at them and what limits it)."
+    if not len(plan): return floor, plan
+    driving = [cap if n is None else n for n, ok in zip(plan.needed, plan.reachable) if ok]
+    n = int(min(cap, max([floor, *driving])))
+    at = lambda r: t_power(r.effect, *projected_se(r.seed_sd, r.test_se, n, r.shared, resamples), r.level)
+    out = plan.assign(seeds=n, power=[at(r) for r in plan.itertuples()])
+    out['limit'] = ['' if p >= power else 'the test set (no seed count suffices)' if not ok else f'the cap ({cap})'
+                    for p, ok in zip(out.power, out.reachable)]
+    return n, out
 
 # %% ../nbs/17b_verdicts.ipynb #f17b0024
 def fit_check(figs:dict, seeds, families=('chexpert', 'faces')):

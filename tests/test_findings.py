@@ -1,6 +1,7 @@
 """The findings report: its intervals, power and calibration under the real pipeline's error structure (one test set
 shared by every seed and arm), the face claims' figures on real face runs, and the report end to end (papermill on
 smoke runs, exported to HTML and read back in headless Chromium)."""
+import os
 import shutil
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def test_intervals_cover_and_null_claims_stay_rare_at_5_10_and_20_seeds():
 
 
 # ---- Planted in the resample columns: power and the family's error rate ------------------------------------------
-SEED_SD, TEST_SE, OWN_SE = 0.013, 0.006, 0.003   # the findings world's measured seed SD and shared test-set SE
+SEED_SD, TEST_SE, OWN_SE = 0.013, 0.006, 0.003   # seed SD and shared test SE measured on v3's 6,000 images
 
 
 def _planted(rng, seeds, effects, r=200):
@@ -233,6 +234,7 @@ def test_report_gives_every_claim_a_verdict_from_its_parts(reported):
     for key in FINDINGS: assert f'{key}: ' in text
     assert 'The baselines' in text and 'tuning:' in text and 'confirmation:' in text
     assert '0 run(s) finished' in text   # every run was there: the report made none
+    assert 'confirmation seeds** (at least 2, at most 10)' in text   # the power rule, printed before the verdicts
     assert len(list((reported['runs'] / 'smoke').glob('*/results.json'))) == reported['made']
 
 
@@ -264,3 +266,26 @@ def test_an_arm_with_a_missing_seed_is_not_testable_and_the_report_goes_on(repor
     assert arms.loc['eo_train', 'verdict'] == 'not testable'
     assert arms.loc['eo_train', 'reason'] == 'fewer than 2 seeds with finished runs' \
         or arms.loc['eo_train', 'reason'].startswith('no knob value kept the score')
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_version_writes_one_table_of_verdicts_and_seconds(reported, tmp_path):
+    "bench/findings_gpu.sh --smoke: the report over finished smoke runs on a CPU, one CSV of verdicts and timings."
+    runs, out = tmp_path / 'runs', tmp_path / 'out'
+    shutil.copytree(reported['runs'], runs)
+    done = subprocess.run(['bash', str(NBS.parent / 'bench' / 'findings_gpu.sh'), str(out), '--smoke'],
+                          env={**os.environ, 'RUNS': str(runs), 'PYTHON': sys.executable}, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(out / 'findings_gpu.csv')
+    assert table.finding.tolist() == list(FINDINGS) and set(table.verdict) <= set(VERDICTS), table
+    assert (table.seeds == 2).all() and (table.jobs == 2).all() and (table.wall_s > 0).all()
+    assert table[['tuning_s', 'confirmation_s']].notna().all().all() and not list(out.glob('*.part'))
+
+
+def test_gpu_script_without_a_gpu_says_so(tmp_path):
+    done = subprocess.run(['bash', str(NBS.parent / 'bench' / 'findings_gpu.sh'), str(tmp_path / 'out')],
+                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'PYTHON': sys.executable},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and 'no GPU is visible' in done.stderr and 'pass --smoke' in done.stderr
+    assert not (tmp_path / 'out' / 'findings_gpu.csv').exists()
