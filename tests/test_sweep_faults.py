@@ -50,9 +50,12 @@ def test_cold_cache_parallel_sweep_and_a_second_sweep_refused(tmp_path):
     assert sorted(p.parent.name for p in (out / 'smoke').glob('*/results.json')) == [
         'chexpert-baseline-bootstrap=20-seed0', 'chexpert-minmax-bootstrap=20-seed0']
     assert not (out / 'sweep.lock').exists()
-    entries = [p for p in (tmp_path / 'empty-cache').iterdir() if p.is_dir()]   # one build, complete, no leftovers
+    cache = tmp_path / 'empty-cache'
+    entries = [p for p in cache.iterdir() if p.is_dir() and p.name != 'decoded']   # one build, complete, no leftovers
     assert [p.name.split('-')[:3] for p in entries] == [['synthetic', 'chexpert', 'v2']]
     assert (entries[0] / 'params.json').exists()
+    stores = sorted(p.name for p in (cache / 'decoded').iterdir())   # the images decoded once, by either run
+    assert len(stores) == 2 and {s.rsplit('.', 1)[1] for s in stores} == {'npy', 'txt'}, stores   # no lock or temporary
 
 
 @pytest.mark.slow
