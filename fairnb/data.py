@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #f8cf3020
 from __future__ import annotations
-import copy, csv, io, math, os, warnings
+import copy, csv, hashlib, io, math, os, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from .core import progress
+from .core import cache_dir, entry_lock, progress
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
@@ -279,8 +279,6 @@ class ImageTable(Dataset):
 # %% ../nbs/01_data.ipynb #dec01
 def decoded_store(files, size:int): # files of one dataset
     "Where `decoded_images` keeps `files` decoded at `size` pixels: in the cache, named by their folder."
-    from fairnb.core import cache_dir
-    import hashlib
     root = os.path.commonpath([str(Path(f).parent) for f in files]) if len(files) else ''
     return cache_dir()/'decoded'/f"{hashlib.sha1(root.encode()).hexdigest()[:12]}-{size}"
 
@@ -290,7 +288,6 @@ def _read_store(store:Path):
 
 def decoded_images(files, read:Callable, store:Path): # read(file) -> uint8 tensor (C, H, W)
     "file -> its decoded uint8 image, for every file of `files`, decoded once into `store` and memory-mapped."
-    from fairnb.core import entry_lock
     want = list(dict.fromkeys(map(str, files))); names, arr = _read_store(store)
     if not set(want) <= set(names):
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +300,8 @@ def decoded_images(files, read:Callable, store:Path): # read(file) -> uint8 tens
                 arr = add if arr is None else np.concatenate([np.asarray(arr), add]); names = names + new
                 tmp = store.parent/f'.{store.name}.{os.getpid()}'
                 np.save(f'{tmp}.npy', arr); Path(f'{tmp}.txt').write_text('\n'.join(names) + '\n')
-                os.replace(f'{tmp}.txt', store.with_suffix('.txt')); os.replace(f'{tmp}.npy', store.with_suffix('.npy'))
+                os.replace(f'{tmp}.npy', store.with_suffix('.npy'))   # the array first: names never outrun it
+                os.replace(f'{tmp}.txt', store.with_suffix('.txt'))
                 names, arr = _read_store(store)
     index = {f: i for i, f in enumerate(names)}
     return lambda f: torch.from_numpy(np.array(arr[index[str(f)]]))
