@@ -198,7 +198,7 @@ def _papermill(out, runs, **params):
 def reported(tmp_path_factory):
     """The report on CheXpert smoke runs (1 tuning seed, 2 confirmation seeds), made in this process first as the
     notebook would choose them (the sweep's own running is test_sweep's), so the report finds them finished."""
-    d = tmp_path_factory.mktemp('findings'); runs, over = d / 'runs', {'world': 'default'}
+    d = tmp_path_factory.mktemp('findings'); runs, over = d / 'runs', {'world': 'default', 'bootstrap': 0}
     for j in table_jobs(findings_table('chexpert', 'tune'), 'smoke', [TUNE_SEED0], over):
         launch(j.problem, runs / j.folder, **j.kw)
     tuned = gather_stage(runs, 'smoke', ('chexpert',), 'tune', [TUNE_SEED0], {'chexpert': over}, half='tune',
@@ -257,11 +257,11 @@ def test_an_arm_with_a_missing_seed_is_not_testable_and_the_report_goes_on(repor
     runs = tmp_path / 'runs'
     shutil.copytree(reported['runs'], runs)
     base = ARMS[BASELINES['chexpert']].cell()
-    lost = list((runs / 'smoke').glob('chexpert-baseline-world=default-seed1'))
+    lost = list((runs / 'smoke').glob('chexpert-baseline-bootstrap=0-world=default-seed1'))
     assert len(lost) == 1; shutil.rmtree(lost[0])
     parts = assess(gather(runs, 'smoke', [base] + [ARMS[k].cell(reported['chosen'].get(k, ARMS[k].default))
                                                    for k in ('eo_train', 'eq_holdout')], 2, 'confirm',
-                          {'world': 'default'}, 50), reported['chosen'], families=('chexpert',))
+                          {'world': 'default', 'bootstrap': 0}, 50), reported['chosen'], families=('chexpert',))
     arms = arm_verdicts(parts).query("finding == 'F1'").set_index('arm')
     assert arms.loc['eo_train', 'verdict'] == 'not testable'
     assert arms.loc['eo_train', 'reason'] == 'fewer than 2 seeds with finished runs' \
