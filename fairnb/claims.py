@@ -17,9 +17,9 @@ from .tables import Table, cell, register_table
 
 # %% auto #0
 __all__ = ['ARMS', 'BASELINES', 'FAMILIES', 'SCORE_MARGIN', 'ACTED_SHARE', 'CHANCE', 'ROLES', 'FINDINGS', 'OWN_MEASURE',
-           'TRAIN_SCORE', 'TUNE_SEED0', 'Arm', 'register_arm', 'findings_table', 'Part', 'premise', 'fell_by', 'fell',
-           'closed', 'kept', 'Finding', 'register_finding', 'own_measure', 'seed_mean', 'knob_curve', 'choose_value',
-           'knob_curves', 'choose_values', 'gather_stage']
+           'TRAIN_SCORE', 'TUNE_SEED0', 'Arm', 'register_arm', 'findings_table', 'backbone_lender', 'Part', 'premise',
+           'fell_by', 'fell', 'closed', 'kept', 'Finding', 'register_finding', 'own_measure', 'seed_mean', 'knob_curve',
+           'choose_value', 'knob_curves', 'choose_values', 'gather_stage']
 
 # %% ../nbs/17a_claims.ipynb #f17a0006
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Arm:
     knob: str|None = None   # the tuned parameter ('alpha', 's'); None: not tuned
     grid: tuple = ()        # the knob's values on the tuning seeds
     default: float|None = None   # the paper's value: the confirmation table's until the report chooses
+    backbone_of: str|None = None # the arm whose run of the same seed lends this one its frozen backbone
 
     def cell(self, value=None):
         "This arm's cell with its knob at `value` (the default when None)."
@@ -71,9 +72,9 @@ for _a in (Arm('cx_base', 'chexpert', 'chexpert', 'BASELINE', (('scheme', 'basel
                (('margin', 0.75), ('margin_group', 'female'), ('scheme', 'margins')), 's', (16.0, 32.0, 64.0), 64.0),
            Arm('fc_flip', 'faces', 'faces', 'RANDOM LABELS FLIPPING',
                (('flip_group', 'male'), ('flip_rate', 0.3), ('scheme', 'label_flip'))),
-           Arm('ff_base', 'faces', 'fair_features', 'FAIR FEATURES', (('alpha', 0.0),)),
+           Arm('ff_base', 'faces', 'fair_features', 'FAIR FEATURES', (('alpha', 0.0),), backbone_of='fc_base'),
            *(Arm(f'ff_{g}', 'faces', 'fair_features', f'FAIR FEATURES ({g.upper()}S)', (('penalized_group', g),),
-                 'alpha', _ALPHA_SIRN, 1.0) for g in ('female', 'male')),
+                 'alpha', _ALPHA_SIRN, 1.0, 'fc_base') for g in ('female', 'male')),
            Arm('im_base', 'images', 'images', 'BASELINE', (('scheme', 'baseline'),)),   # your data: CheXpert's arms
            _penalty('im_eo_train', 'images', 'EQ. ODDS TRAIN', 'eq_odds', 'train', _ALPHA_CX, 1000.0),
            _penalty('im_di_train', 'images', 'DISP. IMPACT TRAIN', 'disp_impact', 'train', _ALPHA_CX, 1000.0),
@@ -85,17 +86,27 @@ BASELINES = {'chexpert': 'cx_base', 'faces': 'fc_base', 'images': 'im_base'}   #
 FAMILIES = tuple(BASELINES)   # the findings report's families: CheXpert, faces, your data
 
 def findings_table(family:str, stage:str, # a name of `FAMILIES`; 'tune' or 'confirm'
-                   chosen:dict|None=None): # arm key -> its chosen knob value (confirm); None: the paper's
-    "The findings runs of `family` at `stage`, registered as `findings_<stage>_<family>`."
+                   chosen:dict|None=None, # arm key -> its chosen knob value (confirm); None: the paper's
+                   frozen:bool|None=None): # True: only the arms on a lent backbone; False: only the others
+    "The findings runs of `family` at `stage`, registered as `findings_<stage>_<family>` (`_frozen`, `_trained`)."
     arms = [a for a in ARMS.values() if a.family == family]
     if not arms: raise ValueError(f'Unknown family {family!r}; choose one of {FAMILIES}.')
+    arms = [a for a in arms if frozen is None or bool(a.backbone_of) == frozen]
     if stage == 'tune': cells = [a.cell(v) for a in arms for v in (a.grid or [None])]   # untuned arms: their spread
     elif stage == 'confirm':
         chosen = chosen or {}
         cells = [a.cell(chosen.get(a.key)) for a in arms if not a.knob or chosen.get(a.key, 0) is not None]
     else: raise ValueError(f"stage must be 'tune' or 'confirm', got {stage!r}.")
-    return register_table(Table(f'findings_{stage}_{family}', f'The findings report: {family}, {stage} stage',
-                                'findings', tuple(dict.fromkeys(cells)), report='findings'))
+    name = f'findings_{stage}_{family}' + {None: '', True: '_frozen', False: '_trained'}[frozen]
+    return register_table(Table(name, f'The findings report: {family}, {stage} stage', 'findings',
+                                tuple(dict.fromkeys(cells)), report='findings'))
+
+def backbone_lender(family:str):
+    "The arm whose runs lend their backbone to the family's frozen arms (the SIRN's); None: no arm borrows one."
+    keys = {a.backbone_of for a in ARMS.values() if a.family == family and a.backbone_of}
+    if len(keys) > 1: raise ValueError(f'the {family} arms borrow backbones from several arms {sorted(keys)}; '
+                                       'the findings sweep lends one arm\'s runs.')
+    return ARMS[keys.pop()] if keys else None
 
 for _f in FAMILIES:
     for _s in ('tune', 'confirm'): findings_table(_f, _s)

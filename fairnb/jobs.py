@@ -14,8 +14,8 @@ from .experiments import PROBLEMS
 __all__ = ['NOT_IN_NAME', 'run_name', 'Job', 'seed_list', 'cell_job', 'table_jobs']
 
 # %% ../nbs/12b_jobs.ipynb #j12b0006
-NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path',   # the data's place and description: checked against
-                         'manifest', 'labels', 'classes', 'attributes')   # config.json instead
+NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path', 'backbone_checkpoint',   # places and the data's description:
+                         'manifest', 'labels', 'classes', 'attributes')   # checked against config.json instead
 
 def _short(v): return f'{v:g}' if isinstance(v, float) else str(v)
 
@@ -55,7 +55,8 @@ def seed_list(seeds): # n: seeds 0 .. n-1; or the seeds themselves (a list, a ra
 
 def cell_job(c:Cell, preset:str, seed:int, overrides:dict|None=None, on_preset:dict|None=None):
     "The run of cell `c` under `preset` for `seed`: its parameters and its folder, `<preset>/<run_name>`."
-    p = {**c.kw, **(on_preset or {}), **(overrides or {}), 'preset': preset, 'seed': seed}
+    over = {k: v(seed) if callable(v) else v for k, v in (overrides or {}).items()}   # per seed: a function of it
+    p = {**c.kw, **(on_preset or {}), **over, 'preset': preset, 'seed': seed}
     frozen = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items())   # a Job is hashable
     return Job(c.problem, frozen, f'{preset}/{run_name(c.problem, p, seed)}')
 

@@ -16,8 +16,8 @@ from .core import RunDirInUse, lock_run_dir, parse_value, read_json, release_run
 from .experiments import PROBLEMS
 from .run import resolve_config
 from .tables import TABLES, _same, get_table
-from .jobs import Job, seed_list, table_jobs
-from .claims import findings_table
+from .jobs import Job, cell_job, seed_list, table_jobs
+from .claims import backbone_lender, findings_table
 from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0
@@ -144,13 +144,25 @@ def _outcome(out, job, rc, seconds, stopped=False):
 # %% ../nbs/13_sweep.ipynb #5ee900b1
 def sweep_stage(families:tuple, stage:str, seeds, out, preset:str, # ('chexpert', 'faces'); 'tune' or 'confirm'
                 overrides:dict, chosen:dict|None=None, jobs:int=1, attempts:int=2): # family -> its parameters
-    "The outcomes of sweeping every family's findings table of `stage`."
-    tables = [(findings_table(f, stage, chosen), overrides.get(f)) for f in families]   # unknown families fail here
+    "The outcomes of sweeping every family's findings table of `stage` (borrowed backbones after their lenders)."
+    for f in families: findings_table(f, stage, chosen)   # unknown families fail here, before any run
     for _ in range(attempts):
-        outcomes = [o for t, over in tables for o in sweep(t.name, preset, seeds, out, overrides=over, quiet=True,
-                                                           backend=LocalBackend(jobs=jobs))]
+        outcomes = [o for f in families
+                    for o in _sweep_family(f, stage, seeds, out, preset, overrides.get(f), chosen, jobs)]
         if all(o.status in ('finished', 'skipped') for o in outcomes): break
     return outcomes
+
+def _sweep_family(family, stage, seeds, out, preset, over, chosen, jobs):
+    go = lambda t, s, o: sweep(t.name, preset, s, out, overrides=o, quiet=True, backend=LocalBackend(jobs=jobs))
+    if (lender := backbone_lender(family)) is None: return go(findings_table(family, stage, chosen), seeds, over)
+    outcomes = go(findings_table(family, stage, chosen, frozen=False), seeds, over)
+    lent = lambda s: str(Path(out)/cell_job(lender.cell(), preset, s, over).folder)   # each seed's lender run
+    borrow, seeds = {**(over or {}), 'backbone_checkpoint': lent}, seed_list(seeds)
+    ready = [s for s in seeds if (Path(lent(s))/'results.json').exists()]
+    frozen = findings_table(family, stage, chosen, frozen=True)
+    outcomes += [Outcome(j, 'failed', error=f'its backbone run {lent(s)} ({lender.key}) did not finish')
+                 for s in seeds if s not in ready for j in table_jobs(frozen, preset, [s], borrow)]
+    return outcomes + (go(frozen, ready, borrow) if ready else [])
 
 # %% ../nbs/13_sweep.ipynb #5ee90034
 def summarize(outcomes:list):

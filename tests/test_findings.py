@@ -11,13 +11,15 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import launch
 from fairnb.claims import (ARMS, BASELINES, FINDINGS, TUNE_SEED0, Finding, Part, choose_values, findings_table,
                            gather_stage, knob_curves)
-from fairnb.figures import RunFiles, gather, half_figures, split_halves
+from fairnb.figures import RunFiles, gather, half_figures, run_folder, split_halves
+from fairnb.core import read_json
 from fairnb.jobs import table_jobs
-from fairnb.tables import Table
+from fairnb.sweep import summarize, sweep_stage
 from fairnb.verdicts import VERDICTS, arm_verdicts, assess, finding_verdicts
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
@@ -154,11 +156,30 @@ def test_a_report_without_runs_gives_every_claim_not_testable():
 # ---- The face claims on real runs --------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def face_runs(tmp_path_factory):
-    "Smoke runs of the face baseline, margins, and fair features with and without a penalty, for 2 seeds."
+    """The report's confirmation sweep of the faces on 2 smoke seeds, three tuned arms left out: the baseline, min-max,
+    flips, margins, and fair features with and without a penalty, these two on their seed's baseline backbone."""
     d = tmp_path_factory.mktemp('face_findings') / 'runs'
-    cells = [ARMS[k].cell() for k in ('fc_base', 'fc_margins', 'ff_base', 'ff_female')]
-    for j in table_jobs(Table('x', 'x', 'findings', tuple(cells)), 'smoke', 2): launch(j.problem, d / j.folder, **j.kw)
-    return d, cells
+    chosen = {'fc_margins': 64.0, 'ff_female': 1.0, 'fc_eq_train': None, 'fc_eq_holdout': None, 'ff_male': None}
+    outcomes = sweep_stage(('faces',), 'confirm', 2, d, 'smoke', {}, chosen, jobs=2)
+    findings_table('faces', 'confirm')   # the paper's values again
+    assert [o.status for o in outcomes] == ['finished'] * 12, summarize(outcomes)
+    return d, [ARMS[k].cell(chosen.get(k)) for k in ('fc_base', 'fc_margins', 'ff_base', 'ff_female')]
+
+
+@pytest.mark.slow
+def test_the_sirn_arms_freeze_their_seeds_baseline_backbone(face_runs):
+    d, cells = face_runs
+    for s in (0, 1):
+        base = run_folder(d, 'smoke', cells[0], s)
+        lent = torch.load(base / 'model.pt', map_location='cpu', weights_only=True)['backbone']
+        for c in cells[2:]:
+            run = run_folder(d, 'smoke', c, s)
+            assert read_json(run / 'config.json')['backbone_checkpoint'] == str(base)
+            assert not (run / 'backbone_history.csv').exists()   # it trained no backbone of its own
+            own = torch.load(run / 'model.pt', map_location='cpu', weights_only=True)['backbone']
+            assert own.keys() == lent.keys() and all(torch.equal(own[k], lent[k]) for k in lent)
+    other = torch.load(run_folder(d, 'smoke', cells[0], 0) / 'model.pt', map_location='cpu', weights_only=True)
+    assert not all(torch.equal(other['backbone'][k], lent[k]) for k in lent)   # seed 0's lender is not seed 1's
 
 
 @pytest.mark.slow
