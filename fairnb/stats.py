@@ -12,7 +12,7 @@ from scipy import stats
 
 # %% auto #0
 __all__ = ['mean_interval', 'hierarchical_se', 'se_parts', 'ws_df', 't_test', 't_bound', 't_mde', 't_power', 'projected_se',
-           'seeds_needed', 'holm', 'holm_levels', 'bootstrap_p', 'two_proportion_test']
+           'expected_power', 'seeds_needed', 'holm', 'holm_levels', 'bootstrap_p', 'two_proportion_test']
 
 # %% ../nbs/00b_stats.ipynb #s00b0006
 def mean_interval(values, level:float=0.95): # one figure per seed
@@ -87,11 +87,20 @@ def projected_se(seed_sd:float, test_sd:float, seeds:int, # test_sd: one seed's 
     a, b = seed_sd ** 2 / seeds, test_sd ** 2 / (1 if shared else seeds)
     return float(np.sqrt(a + b)), ws_df(a, b, seeds, resamples)
 
+def expected_power(effect:float, seed_sd:float, test_sd:float, seeds:int, alpha:float,
+                   sd_df:float|None=None, # the seed SD's degrees of freedom; None: it is known
+                   shared:bool=True, resamples:int=200, points:int=64):
+    "Power of `seeds` seeds, averaged over the true seed SD that an estimate `seed_sd` on `sd_df` df leaves open."
+    power = lambda sd: t_power(effect, *projected_se(sd, test_sd, seeds, shared, resamples), alpha)
+    if sd_df is None: return power(seed_sd)
+    chi2 = stats.chi2.ppf((np.arange(points) + 0.5) / points, sd_df)   # equal-probability points
+    return float(np.mean([power(seed_sd * np.sqrt(sd_df / c)) for c in chi2]))
+
 def seeds_needed(seed_sd:float, test_sd:float, effect:float, alpha:float, power:float=0.8,
-                 cap:int=50, shared:bool=True, resamples:int=200):
-    "The fewest seeds (2 .. cap) whose test finds `effect` with `power`; None when `cap` seeds do not."
+                 cap:int=50, shared:bool=True, resamples:int=200, sd_df:float|None=None):
+    "The fewest seeds (2 .. cap) whose test finds `effect` with (expected) `power`; None when `cap` seeds do not."
     for n in range(2, cap + 1):
-        if t_power(effect, *projected_se(seed_sd, test_sd, n, shared, resamples), alpha) >= power: return n
+        if expected_power(effect, seed_sd, test_sd, n, alpha, sd_df, shared, resamples) >= power: return n
     return None
 
 # %% ../nbs/00b_stats.ipynb #s00b0015

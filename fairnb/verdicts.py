@@ -12,8 +12,8 @@ from .claims import (ARMS, BASELINES, FINDINGS, SCORE_MARGIN, Finding, Part, see
 from .experiments import PROBLEMS
 from .figures import reference_gap
 from .jobs import seed_list
-from .stats import (hierarchical_se, holm, holm_levels, projected_se, se_parts, seeds_needed, t_bound,
-                          t_mde, t_power, t_test)
+from .stats import (expected_power, hierarchical_se, holm, holm_levels, projected_se, se_parts, seeds_needed,
+                          t_bound, t_mde, t_power, t_test)
 
 # %% auto #0
 __all__ = ['ALPHA', 'POWER', 'BOOTS', 'VERDICTS', 'delta_margin', 'common_seeds', 'stack', 'score_part', 'assess', 'arm_verdict',
@@ -246,9 +246,10 @@ def power_plan(figs:dict, chosen:dict, findings:dict|None=None, # `gather` outpu
     df = pd.DataFrame(rows)
     if not len(df): return df
     m = len(df); df['level'] = [alpha / m / (2 if c == 'either' else 1) for c in df.claim]
-    need = lambda r, n: seeds_needed(r.seed_sd, r.test_se, r.effect, r.level, power, n, r.shared, resamples)
-    df['needed'] = [need(r, cap) for r in df.itertuples()]
-    df['reachable'] = [bool(not r.shared or need(r, 10_000) is not None) for r in df.itertuples()]
+    df['needed'] = [seeds_needed(r.seed_sd, r.test_se, r.effect, r.level, power, cap, r.shared, resamples,
+                                 r.tuning_seeds - 1) for r in df.itertuples()]
+    floor = lambda r: t_power(r.effect, *projected_se(0.0, r.test_se, 2, True, resamples), r.level)   # n -> inf
+    df['reachable'] = [bool(not r.shared or floor(r) > power) for r in df.itertuples()]
     return df
 
 def plan_seeds(plan:pd.DataFrame, floor:int, cap:int, power:float=POWER, resamples:int=200): # `power_plan`
@@ -256,7 +257,8 @@ def plan_seeds(plan:pd.DataFrame, floor:int, cap:int, power:float=POWER, resampl
     if not len(plan): return floor, plan
     driving = [cap if n is None else n for n, ok in zip(plan.needed, plan.reachable) if ok]
     n = int(min(cap, max([floor, *driving])))
-    at = lambda r: t_power(r.effect, *projected_se(r.seed_sd, r.test_se, n, r.shared, resamples), r.level)
+    at = lambda r: expected_power(r.effect, r.seed_sd, r.test_se, n, r.level, r.tuning_seeds - 1, r.shared,
+                                  resamples)
     out = plan.assign(seeds=n, power=[at(r) for r in plan.itertuples()])
     out['limit'] = ['' if p >= power else 'the test set (no seed count suffices)' if not ok else f'the cap ({cap})'
                     for p, ok in zip(out.power, out.reachable)]

@@ -20,7 +20,7 @@ from fairnb.figures import RunFiles, gather, half_figures, run_folder, split_hal
 from fairnb.core import read_json
 from fairnb.jobs import table_jobs
 from fairnb.sweep import summarize, sweep_stage
-from fairnb.verdicts import VERDICTS, arm_verdicts, assess, finding_verdicts
+from fairnb.verdicts import VERDICTS, arm_verdicts, assess, finding_verdicts, plan_seeds, power_plan
 
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 BASE, ARM = ARMS['fc_base'].cell(), ARMS['fc_flip'].cell()   # two untuned face arms: a baseline and an arm
@@ -143,6 +143,21 @@ def test_no_part_of_a_null_family_is_reproduced_more_than_5_percent_of_the_time_
         v = assess(figs, {}, _family(names), ('faces',), boots=500).verdict
         any_call.append((v == 'reproduced').any())
     assert np.mean(any_call) <= 0.05 + _mc(0.05, reps), np.mean(any_call)
+
+
+def test_the_power_rule_delivers_the_power_it_plans_from_two_tuning_seeds():
+    """Plan on 2 tuning seeds (1 df for the seed SD), confirm on the seeds planned, for an effect of delta: the claim is
+    found at least about as often as the 80% asked. Planning as if the SD estimate were the truth delivered 68%."""
+    fam, rows = _family(['gap']), []
+    for t in range(16):
+        tune, _ = _planted(np.random.default_rng(9000 + t), 2, [0.02])   # delta: a quarter of the gap .08
+        n, plan = plan_seeds(power_plan(tune, {}, fam, ('faces',), cap=40, boots=500), 2, 40)
+        found = [assess(_planted(np.random.default_rng(10**5 + 1000 * t + i), n, [0.02])[0], {}, fam, ('faces',),
+                        boots=500).verdict.iloc[0] == 'reproduced' for i in range(60)]
+        rows.append(dict(seeds=n, planned=plan.power.iloc[0], found=np.mean(found)))
+    d = pd.DataFrame(rows)
+    assert d.found.mean() >= 0.8 - 2 * d.found.std() / np.sqrt(len(d)), d
+    assert (d.planned[d.seeds < 40] >= 0.8).all(), d   # below the cap, the plan asks 80% of itself
 
 
 # ---- Every claim gets a verdict ----------------------------------------------------------------------------------
