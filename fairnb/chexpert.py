@@ -20,8 +20,9 @@ from .data import (ImageTable, image_reader, age_group, dataset_attributes, enco
 # %% auto #0
 __all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'FIX_CSV', 'BASE_PREVALENCE',
            'CHEXPERT_WORLDS', 'VIEWS', 'CHEXPERT_PRESETS', 'map_labels', 'find_chexpert_dir', 'read_chexpert_csv',
-           'read_gray', 'chexpert_transform', 'draw_chest', 'synthetic_patients', 'write_synthetic_chexpert',
-           'synthetic_chexpert', 'select_views', 'with_true_labels', 'chexpert_frames', 'chexpert_datasets']
+           'read_gray', 'chexpert_steps', 'chexpert_transform', 'draw_chest', 'synthetic_patients',
+           'write_synthetic_chexpert', 'synthetic_chexpert', 'select_views', 'with_true_labels', 'chexpert_frames',
+           'chexpert_datasets']
 
 # %% ../nbs/02_chexpert.ipynb #f6136e17
 OBSERVATIONS = ('No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion',
@@ -112,16 +113,21 @@ def read_gray(file, # image file
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())[None]
 
 # %% ../nbs/02_chexpert.ipynb #167220ac
-def chexpert_transform(img_size:int=256, # side of the (already resized) image
-                       train:bool=False, # add the random affine augmentation
-                       blur_sigma:float=3.0, # Gaussian blur sigma at 256 pixels
-                       mean:float=128.0, std:float=64.0):
-    "uint8 (1, S, S) -> normalised float (3, S, S), as the paper's Appendix A.1."
+def chexpert_steps(img_size:int=256, # side of the (already resized) image
+                   train:bool=False, # add the random affine augmentation
+                   blur_sigma:float=3.0, # Gaussian blur sigma at 256 pixels
+                   mean:float=128.0, std:float=64.0):
+    "(augmentation, blur, normalisation): the parts of `chexpert_transform`, None where a part does nothing."
     sigma = blur_sigma * img_size / 256
-    steps = [v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.95, 1.05), fill=128)] if train else []
-    if sigma > 0: steps.append(v2.GaussianBlur(kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma))
-    steps += [v2.ToDtype(torch.float32), v2.Normalize([mean], [std]), v2.Lambda(lambda x: x.expand(3, -1, -1))]
-    return v2.Compose(steps)
+    aug = v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.95, 1.05), fill=128) if train else None
+    blur = v2.GaussianBlur(kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma) if sigma > 0 else None
+    norm = v2.Compose([v2.ToDtype(torch.float32), v2.Normalize([mean], [std]),
+                       v2.Lambda(lambda x: x.expand(3, -1, -1))])
+    return aug, blur, norm
+
+def chexpert_transform(img_size:int=256, train:bool=False, blur_sigma:float=3.0, mean:float=128.0, std:float=64.0):
+    "uint8 (1, S, S) -> normalised float (3, S, S), as the paper's Appendix A.1."
+    return v2.Compose([s for s in chexpert_steps(img_size, train, blur_sigma, mean, std) if s is not None])
 
 # %% ../nbs/02_chexpert.ipynb #38c64f3d
 BASE_PREVALENCE = {'Cardiomegaly': 0.15, 'Edema': 0.3, 'Consolidation': 0.12, 'Atelectasis': 0.3,
@@ -328,8 +334,11 @@ def chexpert_datasets(frames:dict, # from `chexpert_frames`
         ds[split] = ImageTable(read, df[list(TASKS)].values.astype(np.float32),
                                {a.name: df[a.name].values for a in dataset_attributes('chexpert')},
                                chexpert_transform(img_size), preload=preload, desc=split)
+    raw, (_, blur, norm) = ds['train'], chexpert_steps(img_size)
+    if preload and blur is not None: ds = {s: d.applied(blur, norm) for s, d in ds.items()}   # once, in batches
     ds['train_eval'] = ds['train']
-    ds['train'] = ds['train'].with_transform(chexpert_transform(img_size, train=augment))
+    ds['train'] = raw.with_transform(chexpert_transform(img_size, train=True)) if augment else \
+        ds['train'].with_transform(ds['train'].transform)
     return ds
 
 # %% ../nbs/02_chexpert.ipynb #9432f0a8

@@ -256,6 +256,14 @@ class ImageTable(Dataset):
         "The same samples (and preloaded images, shared) under another transform."
         new = copy.copy(self); new.transform = transform; return new
 
+    def applied(self, step:Callable, rest:Callable|None, batch:int=4096): # step: batchable, the same every time
+        "The same samples with `step` applied once, in batches, to the preloaded images, then `rest` per sample."
+        new = copy.copy(self)
+        if self.images is None: new.transform = lambda x: step(x) if rest is None else rest(step(x)); return new
+        done = [step(torch.stack(self.images[i:i + batch])) for i in range(0, len(self.images), batch)]
+        new.images, new.transform = list(torch.cat(done).unbind(0)) if done else [], rest
+        return new
+
     def with_targets(self, targets):
         "The same images and attributes with other targets (e.g. relabelled training data)."
         new = copy.copy(self); new.targets = torch.as_tensor(np.array(targets))
