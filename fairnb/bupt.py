@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from .core import build_once, progress
-from .data import RACE, ImageTable
+from .data import RACE, ImageTable, open_image
 from .faces import FACE_CROP, draw_face, face_code, face_transform
 
 # %% auto #0
@@ -129,14 +129,8 @@ def synthetic_bupt(root=None, # parent of the cache entries; default `fairnb.cor
 
 # %% ../nbs/15_bupt.ipynb #568c4396
 def read_bupt_image(file, size:int=112):
-    "A BUPT-Balancedface face as a uint8 tensor (3, size, size)."
-    try:
-        with Image.open(file) as im:
-            im = im.convert('RGB')
-            if im.size != (size, size): im = im.resize((size, size), Image.BILINEAR)
-    except FileNotFoundError: raise FileNotFoundError(f'Image {file} is missing; check the BUPT root.') from None
-    except OSError as e: raise OSError(f'Image {file} cannot be read ({e}); the file may be corrupt.') from None
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    "A BUPT-Balancedface face as a uint8 tensor (3, size, size) (unchanged at its own 112 pixels)."
+    return open_image(file, 'RGB', size, where='check the BUPT root')
 
 # %% ../nbs/15_bupt.ipynb #5b11bb37
 def _read_nth(files:list, size:int, i:int): return read_bupt_image(files[i], size)

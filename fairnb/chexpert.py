@@ -5,6 +5,7 @@
 # %% ../nbs/02_chexpert.ipynb #5ca8d2b9
 from __future__ import annotations
 import math, re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, progress, read_json, write_json
-from .data import (ImageTable, image_reader, age_group, dataset_attributes, encode_sex, read_csv_rows, refuse,
-                         split_by_patient)
+from .data import (ImageTable, image_reader, open_image, age_group, dataset_attributes, encode_sex,
+                         read_csv_rows, refuse, split_by_patient)
 
 # %% auto #0
 __all__ = ['OBSERVATIONS', 'CHEXPERT_COLUMNS', 'TASKS', 'TASK_ABBR', 'UNCERTAIN', 'REQUIRED', 'FIX_CSV', 'BASE_PREVALENCE',
@@ -103,14 +104,10 @@ def read_chexpert_csv(csv, # path of train.csv or valid.csv
 
 # %% ../nbs/02_chexpert.ipynb #83114028
 def read_gray(file, # image file
-              size:int): # output side in pixels
-    "A grayscale image as a `uint8` tensor (1, size, size)."
-    try:
-        with Image.open(file) as im: im = im.convert('L').resize((size, size), Image.BILINEAR)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'Image {file} is missing; check data_dir and the CSV Path column.') from None
-    except OSError as e: raise OSError(f'Image {file} cannot be read ({e}); the file may be corrupt.') from None
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())[None]
+              size:int, # output side in pixels
+              bits:int|None=None): # significant bits of 16-bit images (`fairnb.data.as_8bit`); None: the file's
+    "A grayscale image as a `uint8` tensor (1, size, size), 16-bit X-rays scaled from their bit depth."
+    return open_image(file, 'L', size, where='check data_dir and the CSV Path column', bits=bits)
 
 # %% ../nbs/02_chexpert.ipynb #167220ac
 def chexpert_steps(img_size:int=256, # side of the (already resized) image
@@ -326,9 +323,10 @@ def chexpert_frames(data_dir=None, # CheXpert folder; None: the built-in synthet
 def chexpert_datasets(frames:dict, # from `chexpert_frames`
                       img_size:int=256, preload:bool=True, # decode all images once up front
                       augment:bool=True, # random affine on the training split
-                      decode_once:bool=False): # decode into a shared array file (`fairnb.data.decoded_images`)
+                      decode_once:bool=False, # decode into a shared array file (`fairnb.data.decoded_images`)
+                      image_bits:int|None=None): # significant bits of 16-bit X-rays; None: the file's own
     "`ImageTable`s: 'train' (augmented) and unaugmented 'train_eval', 'validation', 'test'."
-    ds, get = {}, image_reader(frames, read_gray, img_size, decode_once)
+    ds, get = {}, image_reader(frames, partial(read_gray, bits=image_bits), img_size, decode_once)
     for split, df in frames.items():
         read = lambda i, files=df.file.tolist(): get(files[i])
         ds[split] = ImageTable(read, df[list(TASKS)].values.astype(np.float32),

@@ -12,12 +12,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+import fairnb
+
 # %% auto #0
-__all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'seed_everything', 'get_device', 'to_device', 'umask_mode',
-           'atomic_write_bytes', 'write_json', 'read_json', 'write_csv', 'save_torch', 'ipython_shell', 'progress_mode',
-           'EpochLines', 'progress', 'RunDirInUse', 'lock_run_dir', 'release_run_dir', 'prepare_run_dir',
-           'config_differences', 'check_resume_config', 'write_failure', 'record_failure', 'apply_preset',
-           'check_config', 'check_types', 'parse_value', 'cache_dir', 'entry_lock', 'build_once']
+__all__ = ['PROGRESS_MODES', 'RUN_FILES', 'KEPT_ON_RESUME', 'RUN_FOLDERS', 'RUN_KEY', 'ADDED_LATER', 'seed_everything',
+           'get_device', 'to_device', 'umask_mode', 'atomic_write_bytes', 'write_json', 'read_json', 'write_csv',
+           'save_torch', 'ipython_shell', 'progress_mode', 'EpochLines', 'progress', 'RunDirInUse', 'check_not_a_file',
+           'lock_run_dir', 'release_run_dir', 'config_differences', 'with_added_defaults', 'check_resume_config',
+           'is_fairnb_config', 'is_run_dir', 'run_files_in', 'NotARunDir', 'check_run_dir', 'clear_run_files',
+           'prepare_run_dir', 'write_failure', 'record_failure', 'apply_preset', 'check_config', 'check_types',
+           'parse_value', 'cache_dir', 'entry_lock', 'build_once']
 
 # %% ../nbs/00_core.ipynb #0bf7b557
 def seed_everything(seed:int=0, # seed for python, numpy and torch
@@ -150,11 +154,20 @@ def progress(iterable, desc:str='', total:int|None=None, # default len(iterable)
 RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json',
              'backbone_history.csv', 'backbone_checkpoint.pt')   # the last two: a fair-features run's own backbone
 KEPT_ON_RESUME = ('config.json', 'checkpoint.pt', 'history.csv', 'backbone_checkpoint.pt', 'backbone_history.csv')
+RUN_FOLDERS = ('predictions',)   # folders of run files: `fairnb.results.PREDICTIONS`
+RUN_KEY = 'fairnb_version'       # in the config.json (and failed.json) a run writes: the folder is fairnb's
 
 class RunDirInUse(RuntimeError):
     "Another live process holds the run folder's lock."
 
 _HELD = {}   # resolved lock path -> open file holding the flock
+
+def check_not_a_file(folder:Path, choose:str='out_dir'): # the parameter that names the folder
+    "Fail if `folder`, or the nearest of its parents that exists, is a file: a run's folder cannot be made there."
+    there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise NotADirectoryError(f"{choose} {str(folder)!r} cannot be a folder: {str(there)!r} is a file. A run writes "
+                                 f'several files into a folder of its own: choose another {choose}, or move the file.')
 
 def _holder(path:Path):
     try: return json.loads(path.read_text() or '{}')
@@ -173,10 +186,12 @@ def _take_flock(path:Path):
         f.close()   # released and removed by its holder meanwhile: lock the new file
 
 def lock_run_dir(out_dir, name:str='run.lock', # the lock file in `out_dir`
-                 holder:str='run', choose:str='out_dir'): # what holds such folders; the parameter that names them
+                 holder:str='run', choose:str='out_dir', # what holds such folders; what to choose instead
+                 param:str|None=None): # the parameter that names the folder; None: `choose`
     "Lock `out_dir` for this process (re-entrant); fails if a live run holds it. Returns the lock file."
     out = Path(out_dir); path = (out/name).resolve()
     if path in _HELD: return path
+    check_not_a_file(out, param or choose)
     try: out.mkdir(parents=True, exist_ok=True); f = _take_flock(path)
     except OSError as e: raise OSError(e.errno, f'cannot write into {out} ({e.strerror or e}): is it read-only, or '
                                                 f'on a full disk? Fix it, or choose another {choose}.') from e
@@ -197,19 +212,6 @@ def release_run_dir(out_dir, name:str='run.lock'):
     path = (Path(out_dir)/name).resolve(); f = _HELD.pop(path, None)
     if f is not None: path.unlink(missing_ok=True); f.close()
 
-def prepare_run_dir(out_dir, # folder for this run's files
-                    overwrite:bool=False, # replace a finished run already there
-                    resume:bool=False): # keep an unfinished run's files (its checkpoint) to continue it
-    "Lock `out_dir` and clear it for a new run, refusing to replace a finished run unless `overwrite`."
-    out = Path(out_dir); lock_run_dir(out)
-    if (out/'results.json').exists() and not overwrite:
-        raise FileExistsError(f'{out} already holds a finished run (results.json). '
-                              'Pass overwrite=True (papermill: -p overwrite True) or choose another out_dir.')
-    out.mkdir(parents=True, exist_ok=True)
-    for f in RUN_FILES:
-        if not (resume and f in KEPT_ON_RESUME): (out/f).unlink(missing_ok=True)
-    return out
-
 # %% ../nbs/00_core.ipynb #aa8fea93
 def config_differences(old:dict, new:dict, keys=None, # compare only these; None: every key of either
                        ignore=()):
@@ -217,23 +219,105 @@ def config_differences(old:dict, new:dict, keys=None, # compare only these; None
     keys = set(old) | set(new) if keys is None else keys
     return sorted(k for k in keys if k not in ignore and old.get(k) != new.get(k))
 
-def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite')):
-    "Fail unless `config` matches the config.json of the run being resumed."
+ADDED_LATER = {'min_clusters': 5, 'image_bits': None}   # parameters runs made before them lack: the value they mean
+
+def with_added_defaults(config:dict):
+    "`config` with the parameters added since it was written (`ADDED_LATER`) at their defaults, where it lacks them."
+    return {**ADDED_LATER, **config} if isinstance(config, dict) else config
+
+def check_resume_config(out_dir, config:dict, ignore=('resume', 'overwrite', RUN_KEY)):
+    "Fail unless `config` matches the config.json of the run being resumed (a parameter added since: its default)."
     path = Path(out_dir)/'config.json'
     if not path.exists(): return config
-    diff = config_differences(read_json(path), config, ignore=ignore)
+    old = read_json(path)
+    diff = config_differences({k: v for k, v in with_added_defaults(old).items() if k in old or k in config},
+                              config, ignore=ignore)
     if diff: raise ValueError(f'resume=True but {path} was written with other values for {diff}; '
                               'resume with the same parameters, or start a new out_dir.')
     return config
+
+# %% ../nbs/00_core.ipynb #f01d0002
+_LEGACY_KEYS = {'scheme', 'preset', 'seed', 'out_dir', 'overwrite'}   # in every config.json fairnb has written
+_LEGACY_PROBLEMS = ('chexpert', 'faces', 'fair_features', 'images')   # the problems there were before `RUN_KEY`
+
+def is_fairnb_config(config)->bool: # a config.json's content
+    "Whether `config` is a run configuration fairnb wrote: it carries `RUN_KEY`, or the keys of earlier versions."
+    if not isinstance(config, dict): return False
+    if RUN_KEY in config or _LEGACY_KEYS <= set(config): return True
+    return config.get('problem') in _LEGACY_PROBLEMS and isinstance(config.get('scheme'), str)
+
+# %% ../nbs/00_core.ipynb #f01d0004
+def _json_of(path:Path):
+    try: return json.loads(path.read_text())
+    except (OSError, ValueError): return None
+
+def is_run_dir(out_dir)->bool:
+    "Whether `out_dir` holds a fairnb run: a config.json, results.json or failed.json that fairnb wrote."
+    out = Path(out_dir)
+    if is_fairnb_config(_json_of(out/'config.json')): return True
+    results = _json_of(out/'results.json')
+    if isinstance(results, dict) and (RUN_KEY in results or is_fairnb_config(results.get('config'))): return True
+    failed = _json_of(out/'failed.json')
+    return isinstance(failed, dict) and (RUN_KEY in failed or set(failed) == {'error', 'traceback'})
+
+def run_files_in(out_dir)->list:
+    "The run files `out_dir` holds, by name relative to it: those of `RUN_FILES`, and every file in `RUN_FOLDERS`."
+    out = Path(out_dir); names = [f for f in RUN_FILES if os.path.lexists(out/f)]
+    for d in RUN_FOLDERS:
+        if (out/d).is_dir() and not (out/d).is_symlink():
+            names += sorted(p.relative_to(out).as_posix() for p in (out/d).rglob('*') if not p.is_dir())
+        elif os.path.lexists(out/d): names.append(d)
+    return names
+
+# %% ../nbs/00_core.ipynb #f01d0005
+class NotARunDir(FileExistsError):
+    "The run folder holds files a run would replace, and fairnb did not write them."
+
+def check_run_dir(out_dir, overwrite:bool=False): # whether a finished fairnb run there may be replaced
+    "Fail unless a run may write into `out_dir`: it holds no run files, or a fairnb run (a finished one: `overwrite`)."
+    out = Path(out_dir); files = run_files_in(out)
+    if files and not is_run_dir(out):
+        shown = ', '.join(files[:8]) + (f' and {len(files) - 8} more' if len(files) > 8 else '')
+        raise NotARunDir(f'{out} is not a fairnb run folder: it holds {shown}, which a run would replace. Choose '
+                         'another out_dir, or move those files out of it (overwrite=True replaces only a fairnb run).')
+    if (out/'results.json').exists() and not overwrite:
+        raise FileExistsError(f'{out} already holds a finished run (results.json). '
+                              'Pass overwrite=True (papermill: -p overwrite True) or choose another out_dir.')
+    return out
+
+# %% ../nbs/00_core.ipynb #f01d0007
+def clear_run_files(out_dir, keep=()): # run files to keep (resume: `KEPT_ON_RESUME`)
+    "Remove the run files of `out_dir` but `keep`, each folder of `RUN_FOLDERS` whole; its other files stay."
+    out = Path(out_dir)
+    for f in RUN_FILES:
+        if f not in keep: (out/f).unlink(missing_ok=True)
+    for d in RUN_FOLDERS:
+        if (out/d).is_dir() and not (out/d).is_symlink(): shutil.rmtree(out/d)
+        else: (out/d).unlink(missing_ok=True)
+    return out
+
+def prepare_run_dir(out_dir, # folder for this run's files
+                    overwrite:bool=False, # replace a finished fairnb run already there
+                    resume:bool=False, # keep an unfinished run's files (its checkpoint) to continue it
+                    config:dict|None=None): # the run's configuration: written to config.json, marked as fairnb's
+    "Lock `out_dir`, check that a run may write there, clear the old run's files and write `config`."
+    out = Path(out_dir); lock_run_dir(out)
+    check_run_dir(out, overwrite)                                         # whose folder, first: it only reads
+    if resume and config is not None: check_resume_config(out, config)   # before anything there is touched
+    clear_run_files(out, KEPT_ON_RESUME if resume else ())
+    if config is not None: write_json(out/'config.json', config | {RUN_KEY: fairnb.__version__})
+    return out
 
 # %% ../nbs/00_core.ipynb #a387b2ed
 def write_failure(out_dir, error:BaseException, tb=None): # the traceback; default: the error's own
     "Write out_dir/failed.json with the error and its traceback, unless the folder is not this run's to mark."
     out = Path(out_dir)
     if (out/'results.json').exists(): return None   # never mark a finished run as failed
-    if isinstance(error, RunDirInUse): return None  # nor a live run of another process
+    if isinstance(error, (RunDirInUse, NotARunDir)): return None   # nor a live run's folder, nor someone else's
+    if run_files_in(out) and not is_run_dir(out):
+        print(f'(failed.json not written: {out} holds files fairnb did not write)', file=sys.stderr); return None
     lines = traceback.format_exception(type(error), error, tb if tb is not None else error.__traceback__)
-    record = {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines)}
+    record = {'error': f'{type(error).__name__}: {error}', 'traceback': ''.join(lines), RUN_KEY: fairnb.__version__}
     try: return write_json(out/'failed.json', record)
     except OSError as e:   # a full or read-only folder: the run's own error is what the user must see
         print(f'(failed.json could not be written either: {e})', file=sys.stderr); return None

@@ -13,16 +13,18 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from .core import cache_dir, entry_lock, progress
 
 # %% auto #0
-__all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'Attribute', 'register_attribute', 'get_attribute',
-           'dataset_attributes', 'group_order', 'register_groups', 'register_run_groups', 'encode_sex', 'age_group',
-           'split_by_patient', 'group_composition', 'composition_rows', 'split_sizes', 'check_groups', 'decode_text',
-           'read_csv_rows', 'refuse', 'find_bad_images', 'drop_bad_images', 'ImageTable', 'decoded_store',
-           'decoded_images', 'image_reader', 'relabel_within_group', 'balanced_index']
+__all__ = ['ATTRIBUTES', 'SEX', 'AGE_GROUP', 'YOUNG_OLD', 'RACE', 'AGE_EDGES', 'MIN_SIDE', 'READER_VERSION', 'WIDE_MODES', 'DARK',
+           'Attribute', 'register_attribute', 'get_attribute', 'dataset_attributes', 'group_order', 'register_groups',
+           'register_run_groups', 'encode_sex', 'age_group', 'split_by_patient', 'group_composition',
+           'composition_rows', 'split_sizes', 'check_groups', 'decode_text', 'read_csv_rows', 'refuse',
+           'png_significant_bits', 'image_bits', 'as_8bit', 'open_image', 'too_small', 'find_bad_images',
+           'drop_bad_images', 'ImageTable', 'decoded_store', 'decoded_images', 'image_reader', 'relabel_within_group',
+           'balanced_index']
 
 # %% ../nbs/01_data.ipynb #f8defeaf
 @dataclass(frozen=True)
@@ -175,6 +177,10 @@ def read_csv_rows(path, fix:str='', # what to do about a damaged file, appended 
     if trailing_comma: table = [(n, r[:-1] if len(r) > 1 and r[-1] == '' else r) for n, r in table]
     if not table: raise ValueError(f'{path} is empty. {fix}'.rstrip())
     (_, header), rows = table[0], table[1:]
+    sep = [d for d in (';', '\t', '|') if len(header) == 1 and d in header[0]]
+    if sep: raise ValueError(f'{path} is separated by {sep[0]!r}, not by commas: its header reads {header[0][:60]!r}. '
+                             f"Save it with commas (pandas: pd.read_csv(path, sep={sep[0]!r}).to_csv(path, "
+                             f'index=False)). {fix}'.rstrip())
     if not rows: raise ValueError(f'{path} holds a header but no rows. {fix}'.rstrip())
     for n, r in rows:
         if len(r) != len(header):
@@ -194,22 +200,86 @@ def refuse(raw:pd.DataFrame, # text rows with a `line` column; attrs['source'] n
         raise ValueError(f"{raw.attrs.get('source', 'the table')} has {int(bad.sum())} {column} value(s) {what} "
                          f'({first}). {fix}'.rstrip())
 
-# %% ../nbs/01_data.ipynb #cf940bc9
-def _bad_reason(file):
-    "Why `file` is no usable image ('missing', 'cannot be decoded: ...'), or None."
+# %% ../nbs/01_data.ipynb #f5b76271
+MIN_SIDE = 8   # the shortest image side fairnb reads, in pixels: a smaller image holds too little to scale up
+READER_VERSION = 2   # bumped when the reading rule changes: the decoded-image cache is keyed by it
+WIDE_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')   # Pillow's integer modes of more than 8 bits per pixel
+
+def png_significant_bits(file) -> int|None:
+    "The bit depth a PNG declares significant (its `sBIT` chunk), or None: not a PNG, or no `sBIT`."
+    with open(file, 'rb') as f:
+        if f.read(8) != b'\x89PNG\r\n\x1a\n': return None
+        while len(head := f.read(8)) == 8 and head[4:] not in (b'IDAT', b'IEND'):
+            n = int.from_bytes(head[:4], 'big')
+            if head[4:] == b'sBIT': return max(f.read(n), default=None)
+            f.seek(n + 4, 1)   # past the chunk and its CRC
+    return None
+
+# %% ../nbs/01_data.ipynb #c5953faf
+def image_bits(top:int, # a wide image's largest value
+               declared:int|None=None, # the bits its file declares (`sBIT`)
+               given:int|None=None): # the run's `image_bits`
+    "The depth a wide image is scaled from: `given`, else a declared depth its values fit in (raw), else the file's."
+    if given: return given
+    if declared and top < 2 ** declared: return declared   # raw values, noted as such
+    return 16 if top < 2 ** 16 else 32                      # the file's own scale: 16-bit PNG and TIFF, else 32
+
+DARK = ('16-bit images whose values all lie below 4096 are read on the 16-bit scale and look dark: if they hold raw '
+        '12-bit values (a DICOM export), pass image_bits=12 (papermill: -p image_bits 12); 8-bit values: 8.')
+
+def as_8bit(im:Image.Image, file, # an opened image, and its file (for `sBIT` and messages)
+            bits:int|None=None): # the significant bits of the dataset's wide images; None: the file's own
+    "`im` scaled from its bit depth to 8-bit grayscale (mode 'L') if it is wider than 8 bits; else `im` itself."
+    if im.mode not in WIDE_MODES: return im
+    a = np.asarray(im).astype(np.float64); top = int(a.max(initial=0))
+    if a.min(initial=0) < 0: raise ValueError(f'Image {file} holds negative values; fairnb reads unsigned images.')
+    depth = image_bits(top, png_significant_bits(file), bits)
+    if depth == 16 and top < 4096 and not bits: warnings.warn(DARK)
+    return Image.fromarray(np.clip(np.rint(a * (255 / (2 ** depth - 1))), 0, 255).astype(np.uint8), 'L')
+
+# %% ../nbs/01_data.ipynb #a410c6e3
+def open_image(file, mode:str, # 'L' (grayscale) or 'RGB'
+               size:int, # the output's side in pixels
+               crop:tuple|None=None, # (left, upper, right, lower), cut before resizing
+               draft:bool=False, # let a JPEG decode at reduced scale first (faster, slightly other pixels)
+               min_side:int=MIN_SIDE, # refuse an image with a shorter side
+               where:str='check the paths you gave', # what to check when the file is missing
+               bits:int|None=None): # significant bits of 16-bit grayscale images (`as_8bit`); None: the file's
+    "An image as a uint8 tensor (C, size, size): upright (EXIF), scaled from its bit depth, in `mode`."
     try:
         with Image.open(file) as im:
+            if min(im.size) < min_side: raise ValueError(too_small(file, im.size, min_side))
+            if draft: im.draft(mode, (size, size))
+            ImageOps.exif_transpose(im, in_place=True)
+            im = as_8bit(im, file, bits).convert(mode)
+            im = (im.crop(crop) if crop else im).resize((size, size), Image.BILINEAR)
+    except FileNotFoundError: raise FileNotFoundError(f'Image {file} is missing; {where}.') from None
+    except OSError as e: raise OSError(f'Image {file} cannot be read ({e}); the file may be corrupt.') from None
+    a = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())
+    return a[None] if a.ndim == 2 else a.permute(2, 0, 1)
+
+def too_small(file, size:tuple, min_side:int=MIN_SIDE):
+    "Why an image of `size` (width, height) is refused."
+    return (f'Image {file} is {size[0]}x{size[1]} pixels, below the shortest side fairnb reads ({min_side}): '
+            'too little to scale up. Remove it from the data, or skip it (on_bad_image=\'skip\').')
+
+# %% ../nbs/01_data.ipynb #cf940bc9
+def _bad_reason(file, min_side:int=MIN_SIDE):
+    "Why `file` is no usable image ('missing', 'cannot be decoded: ...', 'too small: ...'), or None."
+    try:
+        with Image.open(file) as im:
+            if min(im.size) < min_side: return f'too small ({im.width}x{im.height} pixels, below {min_side})'
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8))); im.load()
     except FileNotFoundError: return 'missing'
     except Exception as e: return f'cannot be decoded ({type(e).__name__}: {e})'
 
 def find_bad_images(files, # image paths
                     workers:int|None=None, # threads; None: up to 8
-                    desc:str='images'):
-    "[(file, reason)] of the files that are missing or cannot be fully decoded."
-    files = list(files)
+                    desc:str='images', min_side:int=MIN_SIDE): # refuse images with a shorter side
+    "[(file, reason)] of the files that are missing, cannot be fully decoded, or are too small."
+    files, why = list(files), lambda f: _bad_reason(f, min_side)
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-        reasons = list(progress(pool.map(_bad_reason, files), f'checking {desc}', total=len(files), leave=False))
+        reasons = list(progress(pool.map(why, files), f'checking {desc}', total=len(files), leave=False))
     return [(f, r) for f, r in zip(files, reasons) if r]
 
 # %% ../nbs/01_data.ipynb #cf940bca
@@ -222,9 +292,11 @@ def drop_bad_images(frames:dict, # split name -> DataFrame with a `file` column
     found = {s: b for s, b in bad.items() if b}
     listing = '; '.join(f'{s}: {len(b)}, e.g. {b[:3]}' for s, b in found.items())
     if found and on_bad == 'stop':
-        raise OSError(f'{sum(map(len, found.values()))} image(s) are missing or cannot be decoded ({listing}). '
+        raise OSError(f'{sum(map(len, found.values()))} image(s) are missing, cannot be decoded or are too small '
+                      f'({listing}). '
                       "Fix the files, or pass on_bad_image='skip' to leave them out (the run reports which).")
-    if found: warnings.warn(f'skipping {sum(map(len, found.values()))} missing or corrupt image(s): {listing}')
+    if found: warnings.warn(f'skipping {sum(map(len, found.values()))} missing, corrupt or too small image(s): '
+                            f'{listing}')
     out = {}
     for s, df in frames.items():
         gone = {f for f, _ in bad[s]}
@@ -288,7 +360,7 @@ class ImageTable(Dataset):
 def decoded_store(files, size:int): # files of one dataset
     "Where `decoded_images` keeps `files` decoded at `size` pixels: in the cache, named by their folder."
     root = os.path.commonpath([str(Path(f).parent) for f in files]) if len(files) else ''
-    return cache_dir()/'decoded'/f"{hashlib.sha1(root.encode()).hexdigest()[:12]}-{size}"
+    return cache_dir()/'decoded'/f"{hashlib.sha1(root.encode()).hexdigest()[:12]}-{size}-{READER_VERSION}"
 
 def _read_store(store:Path):
     if not store.with_suffix('.npy').exists(): return [], None

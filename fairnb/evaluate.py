@@ -13,7 +13,7 @@ import torch
 from .core import progress, to_device
 
 from .data import ImageTable, get_attribute
-from .metrics import group_auc, group_mean_rows, penalty_rows
+from .metrics import MIN_CLUSTERS, group_auc, group_mean_rows, penalty_rows
 from .search import class_angles, rank1_search
 from .models import SensitiveHead
 
@@ -40,29 +40,32 @@ def split_rows(logits, y, attrs:dict, # a model's outputs on a split, from `pred
                attributes:list, # the attributes to report (`Attribute`s or names), the sensitive one included
                sensitive, # the sensitive attribute, whose penalties are measured
                split:str='', clusters=None, # (N,) patients, resampled for the intervals
-               resamples:int=0, seed:int=0): # bootstrap resamples (0: no intervals)
+               resamples:int=0, seed:int=0, # bootstrap resamples (0: no intervals)
+               min_clusters:int=MIN_CLUSTERS): # a group with fewer patients: no interval, not in the gap
     "Long-form rows: AUC per attribute, group and task (with intervals); the penalties on `sensitive`."
     s, probs = get_attribute(sensitive), 1 / (1 + np.exp(-logits))
-    rows = [group_auc(probs, y, attrs[get_attribute(a).name], a, tasks, split, clusters, resamples, seed)
-            for a in attributes]
+    rows = [group_auc(probs, y, attrs[get_attribute(a).name], a, tasks, split, clusters, resamples, seed,
+                      min_clusters=min_clusters) for a in attributes]
     batch = to_device((torch.from_numpy(logits), torch.from_numpy(y), torch.from_numpy(attrs[s.name])), device)
     rows.append(penalty_rows(criterion(*batch).cpu().numpy(), probs, y, attrs[s.name], s, split))
     return pd.concat(rows, ignore_index=True)
 
 def evaluate_split(model, loader, device, criterion:Callable, tasks:tuple, attributes:list, sensitive,
-                   split:str='', clusters=None, resamples:int=0, seed:int=0):
+                   split:str='', clusters=None, resamples:int=0, seed:int=0, min_clusters:int=MIN_CLUSTERS):
     "`split_rows` of `model` on `loader`."
     logits, y, attrs = predict(model, loader, device, activation=None, desc=split or 'evaluate')
     return split_rows(logits, y, attrs, device, criterion, tasks, attributes, sensitive, split, clusters, resamples,
-                      seed)
+                      seed, min_clusters)
 
 # %% ../nbs/09_evaluate.ipynb #b2b43dc4
 def split_evaluator(loader, device, criterion:Callable, tasks:tuple,
                     sensitive, # the sensitive attribute (or its name)
-                    prefix:str='val'):
+                    prefix:str='val',
+                    min_clusters:int=MIN_CLUSTERS): # a group with fewer images: not in the gap
     "A function model -> {f'{prefix}_auc_{group}': mean AUC, f'{prefix}_{penalty}': value} for `fit`."
     def evaluate(model):
-        df = evaluate_split(model, loader, device, criterion, tasks, [sensitive], sensitive, prefix)
+        df = evaluate_split(model, loader, device, criterion, tasks, [sensitive], sensitive, prefix,
+                            min_clusters=min_clusters)
         auc = df[(df.task == 'mean') & (df.metric == 'auc')]
         pen = df[df.metric != 'auc']
         return ({f'{prefix}_auc_{r.group}': r.value for r in auc.itertuples()}
@@ -99,26 +102,30 @@ def face_outcomes(model, criterion, # a `fairnb.losses.MarginLoss` (its head giv
 def face_rows(outcomes:dict, # from `face_outcomes`
               attributes:list, # attributes whose accuracy to report, the sensitive one included
               sensitive, # the attribute whose groups' angles are reported
-              resamples:int=0, seed:int=0): # bootstrap resamples of identities (0: no intervals)
+              resamples:int=0, seed:int=0, # bootstrap resamples of identities (0: no intervals)
+              min_clusters:int=MIN_CLUSTERS): # a group with fewer identities: no interval, not in the gap
     "Long-form rows: accuracy per attribute and group (with gaps), angles per sensitive group, per split."
-    s_attr, rows, boot = get_attribute(sensitive), [], dict(resamples=resamples, seed=seed)
+    s_attr, rows = get_attribute(sensitive), []
+    boot = dict(resamples=resamples, seed=seed, min_clusters=min_clusters)
     for s, o in outcomes.items():
         rows += [group_mean_rows(o.correct, o.attrs[get_attribute(n).name], n, s, clusters=o.attrs['identity'], **boot)
                  for n in attributes]
         ang = class_angles(o.emb, o.attrs['identity'], o.attrs[s_attr.name])
-        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m, **boot)
+        rows += [group_mean_rows(ang[m], ang.group, s_attr, s, metric=m, unit='identities', **boot)
                  for m in ('intra_angle', 'inter_angle')]
     return pd.concat(rows, ignore_index=True)
 
-def evaluate_faces(model, criterion, loaders:dict, device, attributes:list, sensitive, resamples:int=0, seed:int=0):
+def evaluate_faces(model, criterion, loaders:dict, device, attributes:list, sensitive, resamples:int=0, seed:int=0,
+                   min_clusters:int=MIN_CLUSTERS):
     "`face_rows` of `face_outcomes`: accuracy per attribute and group, angles per sensitive group, per split."
-    return face_rows(face_outcomes(model, criterion, loaders, device), attributes, sensitive, resamples, seed)
+    return face_rows(face_outcomes(model, criterion, loaders, device), attributes, sensitive, resamples, seed,
+                     min_clusters)
 
-def face_evaluator(criterion, loaders:dict, device, sensitive):
+def face_evaluator(criterion, loaders:dict, device, sensitive, min_clusters:int=MIN_CLUSTERS):
     "A function model -> {'train_acc_male': ..., 'val_acc_gap': ...} for `fit` (loaders: 'train' and 'validation')."
     short = {'train': 'train', 'validation': 'val', 'test': 'test'}
     def evaluate(model):
-        df = evaluate_faces(model, criterion, loaders, device, [sensitive], sensitive)
+        df = evaluate_faces(model, criterion, loaders, device, [sensitive], sensitive, min_clusters=min_clusters)
         acc = df[df.metric == 'accuracy']
         return {f'{short[r.split]}_acc_{r.group}': r.value for r in acc.itertuples()}
     return evaluate

@@ -19,7 +19,8 @@ from .losses import pos_weights, weighted_bce
 from .models import create_model
 from .evaluate import predict, split_evaluator, split_rows
 from .results import write_predictions
-from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
+from .run import (RUNTIME_PARAMS, Data, Model, Param, Problem, Run, image_bits_param, min_clusters_param,
+                        split_shares)
 
 # %% auto #0
 __all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'data_facts', 'chexpert_data', 'chexpert_model', 'train_chexpert',
@@ -48,7 +49,8 @@ def chexpert_data(run:Run):
     facts = data_facts(frames, frames['train'].attrs['dropped'],
                        world=frames['train'].attrs['world'])   # the synthetic data's manifest (None: real data)
     datasets = chexpert_datasets(frames, c['img_size'], preload=c['preload'], augment=c['augment'],
-                                 decode_once=c['preload'] and not c['data_dir'])   # synthetic: decoded once
+                                 decode_once=c['preload'] and not c['data_dir'],   # synthetic: decoded once
+                                 image_bits=c['image_bits'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 
@@ -65,7 +67,7 @@ def chexpert_model(run:Run, data:Data, tasks:tuple=TASKS): # the tasks: one logi
 def train_chexpert(run:Run, data:Data, model:Model, tasks:tuple=TASKS):
     "Train under the run's scheme, recording AUC and penalties on train and validation after each epoch."
     ds, ev = data.datasets, partial(split_evaluator, device=run.device, criterion=model.criterion, tasks=tasks,
-                                    sensitive=run.attribute)
+                                    sensitive=run.attribute, min_clusters=run.config['min_clusters'])
     on_train, on_val = ev(run.loader(ds['train_eval']), prefix='train'), ev(run.loader(ds['validation']), prefix='val')
     return run.train(model, ds['train'], lambda m: on_train(m) | on_val(m), holdout=ds['validation'])
 
@@ -79,7 +81,7 @@ def chexpert_predictions(frame:pd.DataFrame, logits, y, attrs:dict):
 def evaluate_chexpert(run:Run, data:Data, model:Model):
     "Results rows of every split (AUC per attribute, group and task, with intervals; the penalties); keeps predictions."
     splits, rows = {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}, []
-    boot = dict(resamples=run.config['bootstrap'], seed=run.config['seed'])
+    boot = dict(resamples=run.config['bootstrap'], seed=run.config['seed'], min_clusters=run.config['min_clusters'])
     for s, d in splits.items():
         logits, y, attrs = predict(model.net, run.loader(data.datasets[d]), run.device, activation=None, desc=s)
         rows.append(split_rows(logits, y, attrs, run.device, model.criterion, TASKS, run.attributes, run.attribute, s,
@@ -128,6 +130,8 @@ CHEXPERT_PARAMS = dict(
     sensitive=Param('sex', str, "attribute the scheme acts on and the tables compare: 'sex' or 'age_group'"),
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of patients behind each 95% interval; 0: no intervals'),
+    min_clusters=min_clusters_param('patients'),
+    image_bits=image_bits_param(),
     **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/chexpert_<scheme>'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),

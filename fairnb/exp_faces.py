@@ -18,7 +18,7 @@ from .schemes import Scheme
 from .evaluate import face_evaluator, face_outcomes, face_rows, predict
 from .audit import race_audit
 from .results import write_predictions
-from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
+from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, min_clusters_param, split_shares
 
 # %% auto #0
 __all__ = ['HOLDOUT_FRAC', 'BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS', 'FACES_PARAMS', 'FACES',
@@ -61,7 +61,8 @@ def train_face_model(run:Run, data:Data, model:Model, scheme:Scheme|None=None, n
     "Train under `scheme` (default the run's), recording accuracy per group on train and validation."
     ds = data.datasets
     loaders = {'train': run.loader(ds['train_eval']), 'validation': run.loader(ds['validation'])}
-    evaluate = face_evaluator(model.criterion, loaders, run.device, run.attribute)
+    evaluate = face_evaluator(model.criterion, loaders, run.device, run.attribute,
+                              run.config['min_clusters'])
     return run.train(model, ds['train'], evaluate, holdout=ds.get('holdout'), scheme=scheme, name=name)
 
 def face_predictions(frame:pd.DataFrame, outcome):
@@ -75,7 +76,8 @@ def evaluate_face_model(run:Run, data:Data, model:Model):
     out = face_outcomes(model.net, model.criterion, {s: run.loader(data.datasets[d]) for s, d in splits.items()},
                         run.device)
     for s in ('validation', 'test'): write_predictions(run.out, s, face_predictions(data.frames[s], out[s]), out[s].emb)
-    rows = face_rows(out, run.attributes, run.attribute, run.config['bootstrap'], run.config['seed'])
+    rows = face_rows(out, run.attributes, run.attribute, run.config['bootstrap'], run.config['seed'],
+                     run.config['min_clusters'])
     return pd.concat([rows, split_shares(run, data), bupt_race_rows(run, model)], ignore_index=True)
 
 BUPT_IDS_PER_RACE = 1000   # identities per race sampled from the real BUPT-Balancedface (about 7000 each)
@@ -151,6 +153,7 @@ FACES_PARAMS = dict(
     sensitive=Param('sex', str, "attribute the scheme acts on and the tables compare, e.g. 'young_old'"),
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of identities behind each 95% interval; 0: no intervals'),
+    min_clusters=min_clusters_param('identities'),
     bupt_dir=Param(None, (str, None),
                    'BUPT-Balancedface folder (audit by race); None: synthetic, with synthetic faces'),
     **RUNTIME_PARAMS,

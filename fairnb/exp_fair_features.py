@@ -17,7 +17,7 @@ from .schemes import Scheme, get_scheme
 from .evaluate import (discriminator_evaluator, embed_splits, evaluate_discriminator, evaluate_faces,
                              face_evaluator, face_outcomes, face_rows, probe_sensitive)
 from .results import write_predictions
-from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run
+from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, min_clusters_param
 from .exp_faces import (FACE_DATA_PARAMS, FACE_INTS, FACE_POSITIVE, check_faces, face_data, face_model,
                               face_predictions, margin_head, train_face_model)
 
@@ -74,10 +74,12 @@ def evaluate_fair_features(run:Run, game:Game, backbone:Model, data:Data):
     out = face_outcomes(sirn, game.model.criterion, loaders, dev)   # phi(x): what the findings report reads
     for split in ('validation', 'test'):
         write_predictions(run.out, split, face_predictions(data.frames[split], out[split]), out[split].emb)
-    return pd.concat([face_rows(out, run.attributes, s),
+    few = run.config['min_clusters']   # a group with fewer identities: no interval, not in the gap
+    return pd.concat([face_rows(out, run.attributes, s, min_clusters=few),
                       evaluate_discriminator(sirn, run.scheme.discriminator, loaders, dev, s),
                       evaluate_discriminator(sirn, probe_phi, loaders, dev, s, metric='probe_accuracy'),
-                      evaluate_faces(x, backbone.criterion, loaders, dev, [s], s).assign(task='pretrained'),
+                      evaluate_faces(x, backbone.criterion, loaders, dev, [s], s, min_clusters=few)
+                      .assign(task='pretrained'),
                       evaluate_discriminator(x, probe_x, loaders, dev, s, metric='probe_accuracy')
                       .assign(task='pretrained')],
                      ignore_index=True)
@@ -121,6 +123,7 @@ FAIR_FEATURES_PARAMS = dict(
     m=Param(None, (float, None), "CosFace margin; None: the preset's (0.35)"),
     sensitive=Param('sex', str, 'the attribute the SIRN removes (two groups)'),
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the discriminator'),
+    min_clusters=min_clusters_param('identities'),
     **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/fair_features'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),

@@ -19,12 +19,13 @@ from .exp_chexpert import chexpert_model, data_facts, train_chexpert
 from .metrics import group_mean_rows
 from .evaluate import predict, split_rows
 from .results import write_predictions
-from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, split_shares
+from .run import (RUNTIME_PARAMS, Data, Model, Param, Problem, Run, image_bits_param, min_clusters_param,
+                        split_shares)
 
 # %% auto #0
-__all__ = ['IMAGES_PRESETS', 'IMAGES_PARAMS', 'IMAGES', 'check_source', 'images_spec', 'images_frame', 'describe_images',
-           'image_datasets', 'images_data', 'images_model', 'train_images', 'image_predictions', 'accuracy_rows',
-           'evaluate_images', 'check_images', 'images_flow']
+__all__ = ['IMAGE_SOURCE', 'IMAGES_PRESETS', 'IMAGES_PARAMS', 'IMAGES', 'check_source', 'images_spec', 'images_frame',
+           'describe_images', 'image_files', 'image_datasets', 'images_data', 'images_model', 'train_images',
+           'image_predictions', 'accuracy_rows', 'evaluate_images', 'check_images', 'images_flow']
 
 # %% ../nbs/11e_exp_images.ipynb #ei000006
 def check_source(config:dict):
@@ -60,12 +61,20 @@ def describe_images(config:dict):
     return {**config, 'sensitive': config['sensitive'] or next(iter(groups)), 'tasks': f.attrs['tasks'],
             'groups': groups}
 
+# %% ../nbs/11e_exp_images.ipynb #962fc6f0
+IMAGE_SOURCE = ('manifest', 'layout', 'data_dir', 'labels', 'classes', 'attributes', 'cluster', 'min_group')
+
+def image_files(config:dict): # a run's parameters (those of IMAGE_SOURCE are read)
+    "The image files a run of these parameters reads, every split's: its data's `file` column."
+    return images_frame(config).file.tolist()
+
 # %% ../nbs/11e_exp_images.ipynb #ei000008
-def image_datasets(frames:dict, tasks:list, attributes:list, img_size:int, preload:bool=True, augment:bool=True):
+def image_datasets(frames:dict, tasks:list, attributes:list, img_size:int, preload:bool=True, augment:bool=True,
+                   image_bits:int|None=None): # significant bits of 16-bit grayscale images; None: the file's own
     "`ImageTable`s of every split ('train' augmented) and 'train_eval', the training images unaugmented."
     ds = {}
     for split, df in frames.items():
-        read = lambda i, files=df.file.tolist(): read_rgb(files[i], img_size)
+        read = lambda i, files=df.file.tolist(): read_rgb(files[i], img_size, image_bits)
         ds[split] = ImageTable(read, df[[f'y_{t}' for t in tasks]].to_numpy(np.float32),
                                {a: df[a].to_numpy() for a in attributes}, image_transform(), preload, split)
     ds['train_eval'] = ds['train']
@@ -85,7 +94,8 @@ def images_data(run:Run):
     check_groups(frames, run.attribute)
     facts = data_facts(frames, frame.attrs['dropped'], source=frame.attrs['source'],
                        world=_world(c, frame.attrs['source']))
-    datasets = image_datasets(frames, c['tasks'], list(c['groups']), c['img_size'], c['preload'], c['augment'])
+    datasets = image_datasets(frames, c['tasks'], list(c['groups']), c['img_size'], c['preload'], c['augment'],
+                              c['image_bits'])
     datasets['train'] = run.scheme.prepare(datasets['train'])
     return Data(frames, datasets, facts)
 
@@ -109,13 +119,14 @@ def image_predictions(frame:pd.DataFrame, logits, y, attrs:dict, tasks:list):
 def accuracy_rows(logits, y, attrs:dict, run:Run, split:str, clusters, **boot):
     "Rows: each group's accuracy of the highest-scoring class (task 'class'), for a multi-class label."
     right = (logits.argmax(1) == y.argmax(1)).astype(float)
-    return pd.concat([group_mean_rows(right, attrs[a.name], a, split, 'class', 'accuracy', clusters, **boot)
-                      for a in run.attributes], ignore_index=True)
+    return pd.concat([group_mean_rows(right, attrs[a.name], a, split, 'class', 'accuracy', clusters, unit='patients',
+                                      **boot) for a in run.attributes], ignore_index=True)
 
 def evaluate_images(run:Run, data:Data, model:Model):
     "Results rows of every split (AUC per attribute, group and task, with intervals; the penalties); keeps predictions."
     c, rows = run.config, []
-    boot, multi = dict(resamples=c['bootstrap'], seed=c['seed']), images_spec(c).classes is not None
+    boot = dict(resamples=c['bootstrap'], seed=c['seed'], min_clusters=c['min_clusters'])
+    multi = images_spec(c).classes is not None
     for s, d in {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}.items():
         logits, y, attrs = predict(model.net, run.loader(data.datasets[d]), run.device, activation=None, desc=s)
         clusters = data.frames[s].patient.to_numpy()
@@ -180,6 +191,8 @@ IMAGES_PARAMS = dict(
     sensitive=Param(None, (str, None), 'attribute the scheme acts on and the tables compare; None: the first'),
     seed=Param(0, int, 'seed of the validation split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of clusters behind each 95% interval; 0: no intervals'),
+    min_clusters=min_clusters_param('patients'),
+    image_bits=image_bits_param(),
     **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/images_<scheme>'),
     overwrite=Param(False, bool, 'replace a finished run already in out_dir'),

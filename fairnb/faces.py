@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, config_differences, progress, read_json, write_json
-from .data import Attribute, ImageTable, image_reader, decode_text, get_attribute, register_attribute
+from .data import Attribute, ImageTable, image_reader, open_image, decode_text, get_attribute, register_attribute
 
 # %% auto #0
 __all__ = ['CELEBA_ATTRS', 'LANDMARKS', 'CELEBA_FILES', 'FIX_CELEBA', 'FACE_CROP', 'CODE_MIDDLE', 'FACE_WORLDS', 'BACKBONE_KEYS',
@@ -131,11 +131,7 @@ FACE_CROP = (30, 56, 146, 172)
 
 def read_face(file, size:int=112):
     "The fixed face crop of a CelebA image as a uint8 tensor (3, size, size)."
-    try:
-        with Image.open(file) as im: im = im.convert('RGB').crop(FACE_CROP).resize((size, size), Image.BILINEAR)
-    except FileNotFoundError: raise FileNotFoundError(f'Image {file} is missing; check data_dir.') from None
-    except OSError as e: raise OSError(f'Image {file} cannot be read ({e}); the file may be corrupt.') from None
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return open_image(file, 'RGB', size, crop=FACE_CROP, where='check data_dir')
 
 def face_transform(train:bool=False):
     "uint8 face -> float in about [-1, 1]; random horizontal flips when `train`."

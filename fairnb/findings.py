@@ -11,10 +11,29 @@ import numpy as np
 import pandas as pd
 
 from .claims import ARMS, SCORE_MARGIN
+from .core import check_types
 from .report import with_interval
 
 # %% auto #0
-__all__ = ['COLOURS', 'plot_knob_curves', 'plot_other_gap', 'plot_parts', 'plot_levelling', 'style_verdicts', 'part_table']
+__all__ = ['COLOURS', 'check_findings_params', 'plot_knob_curves', 'plot_other_gap', 'plot_parts', 'plot_levelling',
+           'style_verdicts', 'part_table']
+
+# %% ../nbs/17c_findings.ipynb #e2cf80b5
+def check_findings_params(tune_seeds:int, seeds:int, max_seeds:int, # the findings report's parameters
+                          jobs:int, resamples:int):
+    "Fail, naming the parameter and the fix, on a value the report would refuse after its runs (or run for nothing)."
+    given = dict(tune_seeds=tune_seeds, seeds=seeds, max_seeds=max_seeds, jobs=jobs, resamples=resamples)
+    check_types(given, dict.fromkeys(given, int))
+    if tune_seeds < 1: raise ValueError(
+        f'tune_seeds must be at least 1, got {tune_seeds}: the tuning seeds (100, 101, ...) choose each knob; '
+        "2 or more also give the power rule the seeds' SD it plans from (with 1 it runs `seeds` confirmation seeds).")
+    if seeds < 2: raise ValueError(
+        f'seeds must be at least 2, got {seeds}: each finding is a paired test across the confirmation seeds, which '
+        "needs 2 or more (with fewer, every finding would end 'not testable (fewer than 2 seeds)' after all its runs).")
+    if seeds > max_seeds: raise ValueError(f'seeds ({seeds}) must be at most max_seeds ({max_seeds}); '
+                                           'raise max_seeds or lower seeds.')
+    for k in ('jobs', 'resamples'):
+        if given[k] < 1: raise ValueError(f'{k} must be at least 1, got {given[k]}.')
 
 # %% ../nbs/17c_findings.ipynb #f17c0005
 COLOURS = {'reproduced': '#2a9d8f', 'partly reproduced': '#8ab17d', 'contradicted': '#e76f51',

@@ -16,14 +16,15 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .core import build_once, write_json
-from .data import get_attribute, group_order, read_csv_rows, refuse, register_groups, split_by_patient
+from .data import (get_attribute, group_order, open_image, read_csv_rows, refuse, register_groups,
+                         split_by_patient)
 
 # %% auto #0
 __all__ = ['MANIFEST_SPLITS', 'BINARY', 'RESERVED', 'FIX_MANIFEST', 'PATTERNS', 'SKIN', 'DARKEN', 'NOISE', 'LAYOUTS', 'Spec',
            'check_spec', 'manifest_table', 'check_columns', 'label_targets', 'attribute_codes', 'cluster_column',
-           'check_split_column', 'parse_manifest', 'read_manifest', 'manifest_splits', 'read_rgb', 'image_transform',
-           'draw_skin', 'write_synthetic_manifest', 'Layout', 'register_layout', 'get_layout', 'find_layout_dir',
-           'synthetic_layout', 'layout_table']
+           'check_split_column', 'check_number_spellings', 'check_several_groups', 'merge_duplicates', 'parse_manifest',
+           'read_manifest', 'manifest_splits', 'read_rgb', 'image_transform', 'draw_skin', 'write_synthetic_manifest',
+           'Layout', 'register_layout', 'get_layout', 'find_layout_dir', 'synthetic_layout', 'layout_table']
 
 # %% ../nbs/18_manifest.ipynb #mf000006
 MANIFEST_SPLITS = ('train', 'validation', 'test')
@@ -55,8 +56,10 @@ def check_spec(spec:Spec):
     roles = [*spec.labels, *spec.attributes, *([spec.cluster] if spec.cluster else [])]
     twice = sorted({c for c in roles if roles.count(c) > 1})
     if twice: raise ValueError(f'column(s) {twice} are named in two roles (labels, attributes, cluster).')
-    reserved = sorted(set(roles) & set(RESERVED))
-    if reserved: raise ValueError(f'{reserved} cannot be a label, attribute or cluster: fairnb reserves {RESERVED}.')
+    reserved = sorted(set(roles) & set(RESERVED) - {'patient'} | {'patient'} & {*spec.labels, *spec.attributes})
+    if reserved: raise ValueError(f'{reserved} cannot be a label, attribute or cluster: fairnb reserves {RESERVED} for '
+                                  f"its own tables. Rename the column in the CSV (e.g. to '{reserved[0]}_col'), or, "
+                                  "for the column naming each image's patient, pass it as cluster='patient'.")
     if not (isinstance(spec.min_group, int) and spec.min_group >= 1):
         raise ValueError(f'min_group must be an integer >= 1, got {spec.min_group!r}.')
     return spec
@@ -107,6 +110,7 @@ def attribute_codes(raw:pd.DataFrame, spec:Spec):
     out = {}
     for c in spec.attributes:
         refuse(raw, raw[c] == '', c, 'that are empty', 'Give every image its group, or leave the row out.')
+        check_number_spellings(raw, c); check_several_groups(raw, c)
         a = register_groups(c, group_order(raw[c]))
         counts = raw[c].value_counts()
         small = [(g, int(counts[g])) for g in a.groups if 0 < counts.get(g, 0) < spec.min_group]
@@ -137,10 +141,52 @@ def check_split_column(raw:pd.DataFrame, clusters, spec:Spec):
                          f'(s) appear in two splits: {where}. Put each one\'s rows in one split, or drop the split '
                          'column and let fairnb split by cluster.')
 
+# %% ../nbs/18_manifest.ipynb #58668d0a
+def check_number_spellings(raw:pd.DataFrame, column:str):
+    "Fail if `column` writes one number in several ways ('1', '1.0', '01'), naming the spellings and lines."
+    num = pd.to_numeric(raw[column], errors='coerce')
+    ways = raw[column][num.notna()].groupby(num[num.notna()]).unique()
+    twice = [sorted(w) for w in ways if len(w) > 1]
+    if twice:
+        lines = raw.line[raw[column].isin(twice[0])].tolist()[:4]
+        raise ValueError(f"{raw.attrs.get('source', 'the manifest')}: attribute {column!r} writes one number in "
+                         f'several ways: {twice[0]} (lines {lines}){" and more" if len(twice) > 1 else ""}; they '
+                         'would be separate groups. Write each group one way in the CSV.')
+
+def check_several_groups(raw:pd.DataFrame, column:str):
+    "Fail if `column` holds a single group: no gap can be measured along it."
+    if raw[column].nunique() < 2:
+        raise ValueError(f"{raw.attrs.get('source', 'the manifest')}: attribute {column!r} has one group "
+                         f'({raw[column].iloc[0]!r}) in all {len(raw)} rows: a gap needs two. Name another '
+                         'attribute column, or fix its values.')
+
+# %% ../nbs/18_manifest.ipynb #9c2115fe
+def merge_duplicates(raw:pd.DataFrame, spec:Spec):
+    "`raw` with rows repeated in every field merged; a path listed with different values is refused."
+    src, cols = raw.attrs.get('source', 'the manifest'), [c for c in raw.columns if c != 'line']
+    distinct = raw.drop_duplicates(subset=cols)                        # vectorised: a loop only over conflicts
+    clash = distinct.path[distinct.path.duplicated(keep=False)]
+    for path, rows in raw[raw.path.isin(set(clash))].groupby('path', sort=False):
+        differ = [c for c in cols if rows[c].nunique() > 1]
+        if spec.cluster in differ:
+            raise ValueError(f'{src}: image {path!r} is listed under two {spec.cluster}s, ' + ' and '.join(
+                f'{v!r} (line {n})' for v, n in zip(rows[spec.cluster], rows.line)) + f'. An image belongs to one '
+                f'{spec.cluster}: keep one row for it.')
+        if differ:
+            raise ValueError(f'{src}: image {path!r} is listed on lines {rows.line.tolist()} with different '
+                             f'{differ}. Keep one row per image.')
+    twice = raw.path.duplicated()
+    out = raw[~twice].reset_index(drop=True)
+    name = Path(src).name
+    merged = [f'{name} line {n}' for n in raw.line[twice]]
+    out.attrs = {**raw.attrs, 'dropped': {**raw.attrs.get('dropped', {}),
+                                          **({'duplicate rows, merged': merged} if merged else {})}}
+    return out
+
 # %% ../nbs/18_manifest.ipynb #mf000017
 def parse_manifest(raw:pd.DataFrame, spec:Spec):
     "One row per image: `file`, `line`, `patient` (cluster), `split` if given, the attributes' codes, `y_<task>`."
-    check_spec(spec); check_columns(raw, spec)
+    check_spec(spec); check_columns(raw, spec); raw = merge_duplicates(raw, spec)
     y, codes, clusters = label_targets(raw, spec), attribute_codes(raw, spec), cluster_column(raw, spec)
     if 'split' in raw: check_split_column(raw, clusters, spec)
     df = pd.DataFrame({'file': raw.path.to_numpy(), 'line': raw.line.to_numpy(), 'patient': clusters,
@@ -178,15 +224,10 @@ def manifest_splits(frame:pd.DataFrame, # from `parse_manifest`
     return parts
 
 # %% ../nbs/18_manifest.ipynb #mf000024
-def read_rgb(file, size:int): # image file; output side in pixels
-    "An image as a `uint8` tensor (3, size, size)."
-    try:
-        with Image.open(file) as im:
-            im.draft('RGB', (size, size)); im = im.convert('RGB').resize((size, size), Image.BILINEAR)
-    except FileNotFoundError:
-        raise FileNotFoundError(f'Image {file} is missing; check the manifest path column.') from None
-    except OSError as e: raise OSError(f'Image {file} cannot be read ({e}); the file may be corrupt.') from None
-    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+def read_rgb(file, size:int, # image file; output side in pixels
+             bits:int|None=None): # significant bits of 16-bit grayscale images; None: the file's own
+    "An image as a `uint8` tensor (3, size, size): upright, from its bit depth (`fairnb.data.open_image`)."
+    return open_image(file, 'RGB', size, draft=True, where='check the manifest path column', bits=bits)
 
 def image_transform(train:bool=False): # add random flips and small moves
     "uint8 RGB -> normalised float tensor, with the ImageNet statistics."

@@ -18,10 +18,10 @@ from .data import get_attribute
 from .losses import PENALTIES
 
 # %% auto #0
-__all__ = ['group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'sorted_group_auc', 'task_auc', 'parallel_map',
-           'auc_by_rank', 'cluster_index', 'draw_counts', 'resample_counts', 'group_resampled_auc', 'resampled_gap',
-           'figure_rows', 'auc_stats', 'group_auc', 'penalty_rows', 'group_resampled_means', 'mean_stats',
-           'group_mean_rows']
+__all__ = ['MIN_CLUSTERS', 'group_gap', 'group_codes', 'tie_starts', 'auc_design', 'design_auc', 'sorted_group_auc', 'task_auc',
+           'parallel_map', 'auc_by_rank', 'cluster_index', 'draw_counts', 'resample_counts', 'group_resampled_auc',
+           'resampled_gap', 'figure_rows', 'too_few', 'measured_gap', 'with_gap', 'small_groups', 'auc_stats',
+           'group_auc', 'penalty_rows', 'group_resampled_means', 'mean_stats', 'group_mean_rows']
 
 # %% ../nbs/08_metrics.ipynb #b5b89f0a
 def group_gap(values, # one figure per group, in code order
@@ -172,34 +172,90 @@ def resampled_gap(v:np.ndarray): # (..., G) figures per group
 def figure_rows(stats:np.ndarray, # (1 + R, G, J): row 0 on the data, rows 1..R resampled
                 names:list, tasks:list, # G row groups and J tasks
                 n:list, # samples counted per group
-                level:float=0.95, **fields): # fields every row shares: split, attribute, metric
-    "Rows (group, task, value, n, low, high), plus `fields`; intervals only when there are resamples."
+                level:float=0.95,
+                notes:list|None=None, # a note (or None) per row group, from `small_groups`: column `note`
+                **fields): # fields every row shares: split, attribute, metric
+    "Rows (group, task, value, n, low, high), plus `fields` (and `note` where a group has one); intervals if resampled."
     q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)    # a figure undefined on every resample: NaN bounds
         lo, hi = np.nanpercentile(stats[1:], q, axis=0) if len(stats) > 1 else np.full((2, *stats.shape[1:]), np.nan)
-    return pd.DataFrame([dict(**fields, group=gn, task=t, value=stats[0, k, j], n=n[k], low=lo[k, j], high=hi[k, j])
+    rows = pd.DataFrame([dict(**fields, group=gn, task=t, value=stats[0, k, j], n=n[k], low=lo[k, j], high=hi[k, j])
                          for k, gn in enumerate(names) for j, t in enumerate(tasks)])
+    if any(isinstance(x, str) for x in notes or ()): rows['note'] = [notes[k] for k in range(len(names)) for _ in tasks]
+    return rows
+
+# %% ../nbs/08_metrics.ipynb #sg000002
+MIN_CLUSTERS = 5   # the fewest clusters (patients, identities) a group needs in a split to be measured
+
+def too_few(sizes, # clusters per group, from `cluster_index`
+            min_clusters:int=MIN_CLUSTERS):
+    "(G,) bool: the groups with fewer than `min_clusters` clusters, which get no interval and no place in the gap."
+    return np.asarray(sizes) < min_clusters
+
+def measured_gap(v:np.ndarray, # (..., G) figures per group
+                 left_out=None): # (G,) bool, from `too_few`; None: no group
+    "(...,) `resampled_gap` of the groups not `left_out` (highest minus lowest once any is); NaN below two groups."
+    v = np.asarray(v, dtype=float)
+    keep = np.ones(v.shape[-1], bool) if left_out is None else ~np.asarray(left_out, bool)
+    if keep.all(): return resampled_gap(v)
+    if keep.sum() < 2: return np.full(v.shape[:-1], np.nan)
+    w = v[..., keep]
+    return np.where(np.isnan(w).any(-1), np.nan, np.nanmax(w, -1, initial=-np.inf) - np.nanmin(w, -1, initial=np.inf))
+
+def with_gap(stats:np.ndarray, # (1 + R, G, J) figures per group: on the data, then resampled
+             left_out=None): # (G,) bool, from `too_few`; None: no group
+    "(1 + R, G + 1, J): `stats`, without resamples (intervals) for the `left_out` groups, then the gap of the others."
+    s = np.array(stats, dtype=float)
+    if left_out is not None: s[1:, np.asarray(left_out, bool)] = np.nan
+    return np.concatenate([s, measured_gap(s.transpose(0, 2, 1), left_out)[:, None, :]], axis=1)
+
+# %% ../nbs/08_metrics.ipynb #sg000005
+def small_groups(groups, # (N,) group codes
+                 names:list, # the groups' names
+                 clusters=None, # (N,) patient or identity of each sample; None: each sample its own
+                 min_clusters:int=MIN_CLUSTERS,
+                 unit:str='patients'): # what a cluster is, named in the notes
+    "(left_out, notes): `too_few`'s groups, and G + 1 notes (each group's, then the gap's; None where all is well)."
+    if not (isinstance(min_clusters, (int, np.integer)) and not isinstance(min_clusters, bool) and min_clusters >= 1):
+        raise ValueError(f'min_clusters must be an integer >= 1 (the fewest {unit} a group needs), '
+                         f'got {min_clusters!r}.')
+    sizes = cluster_index(groups, len(names), clusters)[1]
+    out = too_few(sizes, min_clusters)
+    few, kept = [n for n, x in zip(names, out) if x], [n for n, x in zip(names, out) if not x]
+    why = f"too few {unit} in {', '.join(few)}"
+    gap = None if not few else f"gap over {', '.join(kept)} only: {why}" if len(kept) >= 2 else f'no gap: {why}'
+    notes = [f'too few {unit}: {k} (min_clusters={min_clusters})' if x else None for k, x in zip(sizes, out)]
+    return out, notes + [gap]
 
 # %% ../nbs/08_metrics.ipynb #ab4f10ad
 def _as_tasks(x): # (N,) or (N, T)
     x = np.asarray(x, dtype=float); return x[:, None] if x.ndim == 1 else x
 
-def _warn_undefined(auc:np.ndarray, names, tasks, split:str): # auc (G, T) on the data
-    for k, j in zip(*np.nonzero(np.isnan(auc))):
-        warnings.warn(f'AUC undefined for {split} {names[k]} {tasks[j]} (a single class in that group); '
-                      f'reported as NaN, and {tasks[j]} is left out of every group\'s mean.'.replace('  ', ' '))
+def _warn_undefined(auc:np.ndarray, names, tasks, split:str, # auc (G, T) on the data
+                    n:np.ndarray, left_out:np.ndarray): # (G,) samples per group; (G,) bool, from `too_few`
+    for k, name in enumerate(names):
+        if not n[k]:
+            warnings.warn(f'AUC undefined for {split} {name}: no images of this group in this split; reported as NaN '
+                          'for every task.'.replace('  ', ' ')); continue
+        for j in np.flatnonzero(np.isnan(auc[k])):
+            then = (f"{tasks[j]} stays in the other groups' means (the group is too small to measure)" if left_out[k]
+                    else f"{tasks[j]} is left out of every group's mean")
+            warnings.warn(f'AUC undefined for {split} {name} {tasks[j]} (a single class in that group); '
+                          f'reported as NaN, and {then}.'.replace('  ', ' '))
 
 def auc_stats(probs, targets, groups, # (N, T), (N, T), (N,) group codes, checked
-              names:tuple, tasks:list, split:str='', clusters=None, resamples:int=0, seed:int=0):
+              names:tuple, tasks:list, split:str='', clusters=None, resamples:int=0, seed:int=0,
+              left_out=None): # (G,) bool, from `small_groups`: no interval, no say in the mean, not in the gap
     "(1 + R, G + 1, T + 1): AUC per group (then the gap) and task (then the mean), on the data then resampled."
     auc = group_resampled_auc(probs, targets, groups, len(names), clusters, resamples, seed)
-    _warn_undefined(auc[0], names, tasks, split)
-    present = np.bincount(np.asarray(groups), minlength=len(names)) > 0   # a group without samples has no say
-    both = ~np.isnan(auc[0][present]).any(0)
+    n = np.bincount(np.asarray(groups), minlength=len(names))
+    out = np.zeros(len(names), bool) if left_out is None else np.asarray(left_out, bool)
+    _warn_undefined(auc[0], names, tasks, split, n, out)
+    say = (n > 0) & ~out   # a group without samples, or too small to measure, has no say in the mean's tasks
+    both = ~np.isnan(auc[0][say]).any(0)
     mean = auc[:, :, both].mean(2) if both.any() else np.full(auc.shape[:2], np.nan)
-    stats = np.concatenate([auc, mean[..., None]], axis=2)
-    return np.concatenate([stats, resampled_gap(stats.transpose(0, 2, 1))[:, None, :]], axis=1)
+    return with_gap(np.concatenate([auc, mean[..., None]], axis=2), out)
 
 def group_auc(probs:np.ndarray, # (N, T) predicted probabilities (or (N,) for one task)
               targets:np.ndarray, # (N, T) 0/1 labels (or (N,))
@@ -208,13 +264,17 @@ def group_auc(probs:np.ndarray, # (N, T) predicted probabilities (or (N,) for on
               tasks:tuple|None=None, # task names; default task0, task1, ...
               split:str='', # recorded in the rows
               clusters=None, # (N,) patient of each image, resampled for the intervals; None: images
-              resamples:int=0, seed:int=0, level:float=0.95): # bootstrap resamples (0: no intervals)
-    "Rows (split, attribute, group, task, metric, value, n, low, high) of per-group, per-task AUC and the gaps."
+              resamples:int=0, seed:int=0, level:float=0.95, # bootstrap resamples (0: no intervals)
+              min_clusters:int=MIN_CLUSTERS, # a group with fewer clusters: no interval, not in the gap
+              unit:str|None=None): # what a cluster is, in the notes; None: 'patients' ('images' without clusters)
+    "Rows (split, attribute, group, task, metric, value, n, low, high; note) of per-group, per-task AUC and the gaps."
     a, p, y = get_attribute(attribute), _as_tasks(probs), _as_tasks(targets)
     g, tasks = group_codes(groups, a), list(tasks or (f'task{j}' for j in range(p.shape[1])))
-    stats = auc_stats(p, y, g, a.groups, tasks, split, clusters, resamples, seed)
+    unit = unit or ('images' if clusters is None else 'patients')
+    out, notes = small_groups(g, a.groups, clusters, min_clusters, unit)
+    stats = auc_stats(p, y, g, a.groups, tasks, split, clusters, resamples, seed, out)
     n = np.bincount(g, minlength=a.n_groups).tolist()
-    return figure_rows(stats, [*a.groups, 'gap'], [*tasks, 'mean'], n + [sum(n)], level, split=split,
+    return figure_rows(stats, [*a.groups, 'gap'], [*tasks, 'mean'], n + [sum(n)], level, notes, split=split,
                        attribute=a.name, metric='auc')
 
 # %% ../nbs/08_metrics.ipynb #d3bd3bcd
@@ -243,20 +303,24 @@ def group_resampled_means(values, groups, n_groups:int, clusters=None, # NaN val
             out.append(np.stack([np.divide(*np.einsum('ck,rk->cr', x, cn)) for cn, x in zip(counts, sc)], 1))
     return np.concatenate(out)
 
-def mean_stats(values, groups, n_groups:int, clusters=None, resamples:int=0, seed:int=0):
+def mean_stats(values, groups, n_groups:int, clusters=None, resamples:int=0, seed:int=0,
+               left_out=None): # (G,) bool, from `small_groups`: no interval, not in the gap
     "(1 + R, G + 1, 1): the mean per group, then the gap, on the data then resampled."
-    means = group_resampled_means(values, groups, n_groups, clusters, resamples, seed)
-    return np.concatenate([means, resampled_gap(means)[:, None]], 1)[:, :, None]
+    return with_gap(group_resampled_means(values, groups, n_groups, clusters, resamples, seed)[:, :, None], left_out)
 
 def group_mean_rows(values, groups, # per-sample figures (NaN left out) and group codes
                     attribute, # an `fairnb.data.Attribute` or its name
                     split:str='', task:str='identification', metric:str='accuracy',
                     clusters=None, # (N,) identity of each sample, resampled for the intervals; None: samples
-                    resamples:int=0, seed:int=0, level:float=0.95):
-    "Rows (split, attribute, group, task, metric, value, n, low, high): per-group means and the gap."
+                    resamples:int=0, seed:int=0, level:float=0.95,
+                    min_clusters:int=MIN_CLUSTERS, # a group with fewer clusters: no interval, not in the gap
+                    unit:str|None=None): # what a cluster is, in the notes; None: 'identities' ('images' without)
+    "Rows (split, attribute, group, task, metric, value, n, low, high; note): per-group means and the gap."
     a, v = get_attribute(attribute), np.asarray(values, dtype=float).ravel()
-    g = group_codes(groups, a)
-    stats = mean_stats(v, g, a.n_groups, clusters, resamples, seed)
-    n = np.bincount(g[~np.isnan(v)], minlength=a.n_groups).tolist()
-    return figure_rows(stats, [*a.groups, 'gap'], [task], n + [sum(n)], level, split=split, attribute=a.name,
+    g, ok = group_codes(groups, a), ~np.isnan(v)
+    c = None if clusters is None else np.asarray(clusters).ravel()[ok]
+    out, notes = small_groups(g[ok], a.groups, c, min_clusters, unit or ('images' if c is None else 'identities'))
+    stats = mean_stats(v, g, a.n_groups, clusters, resamples, seed, out)
+    n = np.bincount(g[ok], minlength=a.n_groups).tolist()
+    return figure_rows(stats, [*a.groups, 'gap'], [task], n + [sum(n)], level, notes, split=split, attribute=a.name,
                        metric=metric)

@@ -17,22 +17,27 @@ from .results import ROW_KEYS, SPLITS
 __all__ = ['with_interval', 'paper_table', 'gap_summary', 'plot_groups', 'plot_history', 'plot_game']
 
 # %% ../nbs/10_report.ipynb #8f948a3a
-def with_interval(v, lo, hi, digits:int=3):
-    "'0.812 [0.790, 0.833]', or the figure alone when its interval is unknown."
-    if pd.isna(v): return 'n/a'
-    return f'{v:.{digits}f}' + ('' if pd.isna(lo) or pd.isna(hi) else f' [{lo:.{digits}f}, {hi:.{digits}f}]')
+def _noted(text:str, note): return f'{text} ({note})' if isinstance(note, str) and note else text
+
+def with_interval(v, lo, hi, digits:int=3,
+                  note=None): # the row's `note` ('too few patients: 1 (min_clusters=5)'), shown after the figure
+    "'0.812 [0.790, 0.833]', or the figure alone when its interval is unknown; then the row's note, if any."
+    if pd.isna(v): return _noted('n/a', note)
+    iv = '' if pd.isna(lo) or pd.isna(hi) else f' [{lo:.{digits}f}, {hi:.{digits}f}]'
+    return _noted(f'{v:.{digits}f}{iv}', note)
 
 def paper_table(rows:pd.DataFrame, # long-form results rows
                 attribute, # an `fairnb.data.Attribute` or its name: its groups are the columns
                 metric:str='auc',
                 task_labels:dict|None=None, # task -> row label, e.g. `fairnb.chexpert.TASK_ABBR`
                 extra:tuple=('gap',), # columns after the groups' ('gap', 'all')
-                intervals:bool=False): # cells as text 'value [low, high]' (rows with `low`/`high`)
+                intervals:bool=False): # cells as text 'value [low, high] (note)' (rows with `low`/`high`/`note`)
     "Rows: tasks then AVG; columns: (SPLIT, GROUP), as the paper's tables."
     a = get_attribute(attribute); groups = (*a.groups, *extra)
     df = rows[(rows.metric == metric) & (rows.attribute == a.name) & rows.group.isin(groups)]
     if intervals:
-        df = df.assign(value=[with_interval(*r) for r in df.reindex(columns=['value', 'low', 'high']).values])
+        df = df.assign(value=[with_interval(v, lo, hi, note=nt)
+                              for v, lo, hi, nt in df.reindex(columns=['value', 'low', 'high', 'note']).values])
     t = df.pivot_table(index='task', columns=['split', 'group'], values='value', sort=False, dropna=False,
                        aggfunc='first')
     t = t.reindex(columns=pd.MultiIndex.from_product([[s for s in SPLITS if s in df.split.values], groups]))
@@ -48,9 +53,11 @@ def gap_summary(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or it
     "One line: the gap of `metric` on `task`, per split."
     a = get_attribute(attribute)
     gap = rows[(rows.attribute == a.name) & (rows.group == 'gap') & (rows.metric == metric) & (rows.task == task)]
-    gap = gap.set_index('split').value
+    gap = gap.reindex(columns=['split', 'value', 'note']).set_index('split')
     who = f'{a.groups[0]} - {a.groups[1]}' if a.n_groups == 2 else 'highest - lowest group'
-    return f'{label or metric} gap ({who}): ' + ', '.join(f'{s} {gap[s]:+.3f}' for s in SPLITS if s in gap.index)
+    text = lambda v: 'n/a' if pd.isna(v) else f'{v:+.3f}'
+    return f'{label or metric} gap ({who}): ' + ', '.join(f'{s} {_noted(text(gap.value[s]), gap.note[s])}'
+                                                         for s in SPLITS if s in gap.index)
 
 # %% ../nbs/10_report.ipynb #c63e553a
 def plot_groups(rows:pd.DataFrame, attribute, # an `fairnb.data.Attribute` or its name

@@ -15,19 +15,23 @@ from .core import atomic_write_bytes, read_json, write_csv, write_json
 from .data import register_run_groups
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'SPLITS', 'PREDICTIONS', 'validate_rows', 'write_results', 'read_results', 'find_runs',
-           'collect_runs', 'write_predictions', 'read_predictions']
+__all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'NUMBER_KEYS', 'SPLITS', 'PREDICTIONS', 'validate_rows', 'write_results', 'read_results',
+           'find_runs', 'collect_runs', 'write_predictions', 'read_predictions']
 
 # %% ../nbs/10a_results.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
-OPTIONAL_KEYS = ('n', 'low', 'high')   # samples counted; the bounds of the interval
+OPTIONAL_KEYS = ('n', 'low', 'high', 'note')   # samples counted; the bounds of the interval; a remark (text)
+NUMBER_KEYS = ('value', 'n', 'low', 'high')     # the numeric fields
 SPLITS = ('train', 'validation', 'test')
 
 def _missing(v): return v is None or (isinstance(v, float) and math.isnan(v))
 
 def _optional_fields(i:int, r:dict):
-    "Row i's optional fields, checked: `n` an integer >= 0, `low` <= `high` numbers; NaN as None."
+    "Row i's optional fields, checked: `n` an integer >= 0, `low` <= `high` numbers, `note` text; NaN as None."
     out = {k: None if _missing(r.get(k)) else r[k] for k in OPTIONAL_KEYS if k in r}
+    note = out.pop('note', None)
+    if note is not None and (not isinstance(note, str) or not note):
+        raise ValueError(f'results row {i}: note {note!r} is not a non-empty text.')
     n = out.get('n')
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or n != int(n)):
         raise ValueError(f'results row {i}: n {n!r} is not a count (an integer >= 0).')
@@ -36,10 +40,11 @@ def _optional_fields(i:int, r:dict):
             raise ValueError(f'results row {i}: {k} {out[k]!r} is not a number.')
     if out.get('low') is not None and out.get('high') is not None and out['low'] > out['high']:
         raise ValueError(f"results row {i}: low {out['low']} exceeds high {out['high']}.")
-    return {k: None if v is None else (int(v) if k == 'n' else float(v)) for k, v in out.items()}
+    return ({k: None if v is None else (int(v) if k == 'n' else float(v)) for k, v in out.items()}
+            | ({'note': note} if note else {}))
 
 def validate_rows(rows:list): # list of dicts
-    "Check results rows against the schema; returns them with NaN values as None."
+    "Check results rows against the schema; returns them with NaN values as None (and no `note` where it is none)."
     out = []
     for i, r in enumerate(rows):
         if not set(ROW_KEYS) <= set(r) <= {*ROW_KEYS, *OPTIONAL_KEYS}:
@@ -52,7 +57,8 @@ def validate_rows(rows:list): # list of dicts
         v = r['value']
         if v is not None and not isinstance(v, (int, float)):
             raise ValueError(f'results row {i}: value {v!r} is not a number.')
-        out.append({**r, 'value': None if _missing(v) else float(v), **_optional_fields(i, r)})
+        out.append({**{k: x for k, x in r.items() if k != 'note'}, 'value': None if _missing(v) else float(v),
+                    **_optional_fields(i, r)})
     return out
 
 # %% ../nbs/10a_results.ipynb #0dc1ea59
@@ -76,7 +82,7 @@ def read_results(path): # a results.json, or the run folder holding it
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.results.write_results.')
     rows = pd.DataFrame(validate_rows(rec['rows']), columns=[*ROW_KEYS, *OPTIONAL_KEYS])
     register_run_groups(rec['config'])   # a manifest's attributes, known again in this process
-    return rec, rows.astype({k: float for k in ('value', *OPTIONAL_KEYS)})
+    return rec, rows.astype({k: float for k in NUMBER_KEYS})
 
 # %% ../nbs/10a_results.ipynb #c011ec02
 def find_runs(root): # a folder holding run folders, at any depth

@@ -16,19 +16,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .core import (apply_preset, check_config, check_resume_config, check_types, get_device, ipython_shell,
-                         lock_run_dir, prepare_run_dir, record_failure, release_run_dir, save_torch, seed_everything,
-                         write_csv, write_failure, write_json)
+from .core import (apply_preset, check_config, check_types, get_device, ipython_shell, lock_run_dir,
+                         prepare_run_dir, record_failure, release_run_dir, save_torch, seed_everything, write_csv,
+                         write_failure)
 from .data import composition_rows, get_attribute
 from .ddp import barrier, is_main, local_device, rank_batch_size, rank_sampler, setup_distributed
 from .models import check_model_name
 from .schemes import SCHEMES, Scheme, get_scheme
 from .train import PRECISIONS, fit, speed_up
 from .results import write_results
+from .metrics import MIN_CLUSTERS
 
 # %% auto #0
-__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'world_knobs', 'check_bootstrap', 'resolve_config', 'Model',
-           'Run', 'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
+__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'world_knobs', 'check_bootstrap', 'min_clusters_param',
+           'check_min_clusters', 'image_bits_param', 'check_image_bits', 'resolve_config', 'Model', 'Run',
+           'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -112,6 +114,29 @@ def check_bootstrap(config:dict):
     if not isinstance(b, int) or isinstance(b, bool) or b < 0:
         raise ValueError(f'bootstrap must be an integer >= 0 (resamples per interval; 0 for none), got {b!r}.')
 
+def min_clusters_param(unit:str): # what a cluster is: 'patients', 'identities'
+    "The `min_clusters` parameter of a problem whose clusters are `unit` (`fairnb.metrics.small_groups`)."
+    return Param(MIN_CLUSTERS, int, f'fewest {unit} a group needs in a split for an interval and a place in the gap')
+
+def check_min_clusters(config:dict):
+    "`min_clusters`, the fewest clusters a group needs in a split to be measured, is an integer >= 1."
+    m = config['min_clusters']
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise ValueError(f'min_clusters must be an integer >= 1 (the fewest patients or identities a group needs in a '
+                         f'split for an interval and a place in the gap; 1 leaves out only empty groups), got {m!r}: '
+                         f'pass e.g. -p min_clusters {MIN_CLUSTERS}.')
+
+def image_bits_param():
+    "The `image_bits` parameter of a problem of grayscale images (`fairnb.data.as_8bit`)."
+    return Param(None, (int, None), "bits of 16-bit grayscale images (12: raw 12-bit X-rays); None: the file's own")
+
+def check_image_bits(config:dict):
+    "`image_bits`, when given, is a bit depth from 8 to 16."
+    b = config['image_bits']
+    if b is not None and not (isinstance(b, int) and not isinstance(b, bool) and 8 <= b <= 16):
+        raise ValueError(f'image_bits must be an integer from 8 to 16 (the significant bits of your 16-bit grayscale '
+                         f"images, e.g. 12 for raw 12-bit X-rays) or None (the file's own depth), got {b!r}.")
+
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
 
@@ -123,6 +148,8 @@ def resolve_config(problem:Problem, params:dict): # every parameter of the probl
     "(config, scheme): the preset applied, every value checked, the scheme built from its own parameters."
     config = apply_preset(params, problem.presets, synthetic=params.get('data_dir') is None)
     check_types(config, problem.param_types() | PRESET_TYPES)
+    if 'min_clusters' in config: check_min_clusters(config)   # before the data is described
+    if 'image_bits' in config: check_image_bits(config)
     own = {k: config.pop(k) for k in list(config) if k in _scheme_params()}
     if problem.describe: config = problem.describe(config)
     a = get_attribute(config['sensitive'])
@@ -224,7 +251,7 @@ def unwatch_failures():
 # %% ../nbs/11_run.ipynb #a11c0017
 def start_run(problem:Problem, # the experiment, e.g. `fairnb.exp_chexpert.CHEXPERT`
               params:dict): # some of its parameters; the others keep their defaults
-    "Set a run up: preset, checks, scheme, run folder, resume check, seed, device and config.json."
+    "Set a run up: preset, checks, scheme, run folder (resume check, config.json), seed and device."
     setup_distributed()   # under torchrun: join the process group; nothing otherwise
     main = is_main()      # under torchrun only rank 0 writes
     params = problem.given(params)
@@ -234,11 +261,9 @@ def start_run(problem:Problem, # the experiment, e.g. `fairnb.exp_chexpert.CHEXP
         with record_failure(out_dir) if main else nullcontext():
             config, scheme = resolve_config(problem, params | {'out_dir': out_dir})
             rank_batch_size(config['batch_size'])   # torchrun: the batch divides among the processes
-            out = prepare_run_dir(out_dir, config['overwrite'], config['resume']) if main else Path(out_dir)
-            if config['resume'] and main: check_resume_config(out, config)
+            out = prepare_run_dir(out_dir, config['overwrite'], config['resume'], config) if main else Path(out_dir)
             seed_everything(config['seed'])
             device = local_device(get_device(config['device']))   # torchrun on CUDA: this process's GPU
-            if main: write_json(out/'config.json', config)
         barrier()   # torchrun: the others go on once rank 0 has set the folder up
     except BaseException:
         release_run_dir(out_dir); raise

@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 
 import fairnb
 from .core import RunDirInUse, lock_run_dir, parse_value, read_json, release_run_dir
+from .data import find_bad_images
 from .experiments import PROBLEMS
+from .exp_images import IMAGE_SOURCE, image_files
 from .run import resolve_config
 from .tables import TABLES, _same, get_table
 from .jobs import Job, cell_job, seed_list, table_jobs
@@ -21,9 +23,9 @@ from .claims import backbone_lender, findings_table
 from .backends import LocalBackend, RayBackend, run_job
 
 # %% auto #0
-__all__ = ['SWEEP_LOCK', 'notebooks_dir', 'check_job_params', 'papermill_command', 'job_state', 'check_finished', 'Outcome',
-           'job_error', 'plan', 'sweep', 'sweep_stage', 'summarize', 'report', 'table_list', 'seeds_arg',
-           'parse_overrides', 'main']
+__all__ = ['RUN_IMAGES', 'SWEEP_LOCK', 'notebooks_dir', 'check_job_params', 'check_job_images', 'papermill_command', 'job_state',
+           'check_finished', 'Outcome', 'job_error', 'plan', 'sweep', 'sweep_stage', 'summarize', 'report',
+           'table_list', 'seeds_arg', 'parse_overrides', 'main']
 
 # %% ../nbs/13_sweep.ipynb #5ee90006
 def notebooks_dir(nbs=None): # a folder holding the experiment notebooks; None: the repository's nbs/
@@ -44,6 +46,33 @@ def check_job_params(jobs:list):
         try: resolve_config(p, p.given(j.kw))   # the run's own checks: types, values, the data folder
         except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
             raise ValueError(f'{j.folder} would fail at once: {e}') from None
+
+# %% ../nbs/13_sweep.ipynb #d4f70e28
+RUN_IMAGES = {'images': (image_files, IMAGE_SOURCE)}   # problem -> (its runs' image files, the parameters picking them)
+
+def _source(params:dict):
+    if params.get('manifest'): return f"manifest {params['manifest']}"
+    name = params.get('layout') or 'synthetic'
+    return f"layout {name} in {params['data_dir']}" if params.get('data_dir') else f'the synthetic layout {name}'
+
+def _listing(bad:list, n:int=10): return '; '.join(f'{f}: {r}' for f, r in bad[:n]) + (
+    f'; and {len(bad) - n} more' if len(bad) > n else '')
+
+def check_job_images(jobs:list, workers:int|None=None): # the jobs about to run; decoding threads (None: up to 8)
+    "Fail before any run starts when images its runs would stop on are missing or cannot be decoded; once per source."
+    sources = {}
+    for j in jobs:
+        p = PROBLEMS[j.problem].given(j.kw)
+        if j.problem in RUN_IMAGES and p.get('on_bad_image') == 'stop':
+            key = (j.problem, repr([p[k] for k in RUN_IMAGES[j.problem][1]]))
+            sources.setdefault(key, (p, []))[1].append(j)
+    found = [(p, js, bad) for (problem, _), (p, js) in sources.items()
+             if (bad := find_bad_images(RUN_IMAGES[problem][0](p), workers, desc=f'images of {_source(p)}'))]
+    if found: raise OSError(' '.join(
+        f'{len(bad)} bad image(s) in {_source(p)} would stop each of the {len(js)} run(s) that read them at its '
+        f'start: {_listing(bad)}.' for p, js, bad in found)
+        + " No run was started. Fix or replace the files, or let the runs skip them with on_bad_image='skip' "
+        '(fairnb-sweep --set on_bad_image=skip; each run then lists them in its results.json).')
 
 # %% ../nbs/13_sweep.ipynb #5ee90009
 def _yaml(v):
@@ -112,8 +141,9 @@ def sweep(table:str, preset:str='cpu', seeds=3, out='runs', overrides:dict|None=
           nbs=None, quiet:bool=False):
     "Run every job of `table`; returns the list of `Outcome`s. Refused while another sweep writes into `out`."
     out, nbs = Path(out), notebooks_dir(nbs)
-    plan(table, preset, seeds, out, overrides, nbs)   # bad parameters fail before the lock is taken
-    lock_run_dir(out, SWEEP_LOCK, 'fairnb-sweep', '--out (or wait: its runs are then skipped here)')
+    jobs, states = plan(table, preset, seeds, out, overrides, nbs)   # bad parameters fail before the lock is taken
+    check_job_images([j for j in jobs if states[j] != 'finished'])   # and bad images, once, before any run starts
+    lock_run_dir(out, SWEEP_LOCK, 'fairnb-sweep', '--out (or wait: its runs are then skipped here)', '--out')
     try: return _sweep(table, preset, seeds, out, overrides, backend, nbs, quiet)
     finally: release_run_dir(out, SWEEP_LOCK)
 

@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 
 from .chexpert import TASK_ABBR
+from .core import ADDED_LATER
 from .results import collect_runs, ROW_KEYS, OPTIONAL_KEYS
 from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
@@ -21,9 +22,9 @@ from .experiments import PROBLEMS, get_problem
 # %% auto #0
 __all__ = ['TABLES', 'ORACLES', 'LAYOUTS', 'RUN_ONLY', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table', 'register_table',
            'get_table', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
-           'angles_layout', 'sirn_layout', 'demographics_layout', 'cell_runs', 'table_results', 'table_preset',
-           'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts',
-           'plot_closable']
+           'angles_layout', 'sirn_layout', 'demographics_layout', 'with_added_columns', 'cell_runs', 'table_results',
+           'table_preset', 'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps',
+           'gap_parts', 'plot_closable']
 
 # %% ../nbs/12_tables.ipynb #t12c0005
 @dataclass(frozen=True)
@@ -229,11 +230,18 @@ SEED_FREE = RUN_ONLY + ('seed',)
 
 def _same(a, b): return a == b or (isinstance(a, float) and isinstance(b, float) and np.isclose(a, b))
 
+def _absent(v): return v is None or (isinstance(v, float) and np.isnan(v))
+
+def with_added_columns(cfg:pd.DataFrame):
+    "Runs' parameters, a parameter added since a run was made (`ADDED_LATER`) at its default in that run's row."
+    return cfg.assign(**{k: cfg[k].map(lambda v, d=d: d if _absent(v) else v) for k, d in ADDED_LATER.items()
+                         if k in cfg})
+
 def cell_runs(runs:pd.DataFrame, c:Cell, params:dict|None=None): # `collect_runs` output; extra params to match
     "The rows of the runs that fill cell `c`, checked to differ only in the seed."
     want = {'problem': c.problem, **c.kw, **(params or {})}
     if runs.empty or 'seed' not in runs: return runs.iloc[0:0].assign(seed=pd.Series(dtype=int))
-    cfg = runs.drop_duplicates('run').set_index('run')
+    cfg = with_added_columns(runs.drop_duplicates('run').set_index('run'))
     ok = [run for run, r in cfg.iterrows() if all(k in r and _same(r[k], v) for k, v in want.items())]
     keys = [k for k in cfg.columns if k not in (*SEED_FREE, *ROW_KEYS, *OPTIONAL_KEYS)]   # config keys only
     mixed = [k for k in keys if cfg.loc[ok, k].map(repr).nunique() > 1]

@@ -110,7 +110,8 @@ def test_a_missing_or_cut_short_image_stops_or_is_skipped(tmp_path):
     (csv.parent/files[0]).unlink()
     cut = csv.parent/files[5]; cut.write_bytes(cut.read_bytes()[:60])
     import papermill as pm
-    with pytest.raises(pm.PapermillExecutionError, match=r"2 image\(s\) are missing or cannot be decoded .*'missing'"):
+    with pytest.raises(pm.PapermillExecutionError,
+                       match=r"2 image\(s\) are missing, cannot be decoded or are too small .*'missing'"):
         run_notebook('run_images.ipynb', tmp_path, manifest=str(csv), **USER, min_group=10, preset='smoke',
                      out_dir=str(tmp_path/'stop'))
     error = json.loads((tmp_path/'stop'/'failed.json').read_text())['error']

@@ -62,7 +62,8 @@ def test_killed_run_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_resume_refuses_another_configuration(tmp_path):
     out = tmp_path / 'run'; out.mkdir()
-    (out / 'config.json').write_text(json.dumps({'lr': 1.0}))            # an interrupted run of another configuration
+    (out / 'config.json').write_text(json.dumps({'lr': 1.0, 'fairnb_version': '0.0.1'}))   # an interrupted fairnb run
+                                                                                          # of another configuration
     with pytest.raises(PapermillExecutionError, match=r"other values for \[.*'lr'"):
         run_notebook('run_chexpert.ipynb', tmp_path / 'b', out_dir=str(out), preset='smoke', resume=True)
 
@@ -95,7 +96,7 @@ def _cut_and_remove(folder):
 def test_bad_images_of_every_split_stop_the_run_or_are_skipped(tmp_path, small_chexpert):
     cut, gone = _cut_and_remove(small_chexpert)
     out = tmp_path / 'a' / 'run'
-    with pytest.raises(PapermillExecutionError, match=r"2 image\(s\) are missing or cannot be decoded \(train: 1"):
+    with pytest.raises(PapermillExecutionError, match=r"2 image\(s\) are missing, cannot be decoded or are too small \(train: 1"):
         run_notebook('run_chexpert.ipynb', tmp_path / 'a', out_dir=str(out), preset='smoke', data_dir=str(small_chexpert))
     failed = json.loads((out / 'failed.json').read_text())         # a failure of the data cell is recorded too
     assert str(gone) in failed['error'] and 'truncated' in failed['error'] and 'chexpert_data' in failed['traceback']
@@ -114,7 +115,7 @@ def test_lazy_reading_skips_what_the_check_found(small_chexpert):
     from fairnb.chexpert import chexpert_datasets, chexpert_frames
     from fairnb.data import drop_bad_images
     _cut_and_remove(small_chexpert)
-    with pytest.warns(UserWarning, match='skipping 2 missing or corrupt'):
+    with pytest.warns(UserWarning, match='skipping 2 missing, corrupt or too small'):
         frames = drop_bad_images(chexpert_frames(small_chexpert), 'skip')
     ds = chexpert_datasets(frames, img_size=16, preload=False)
     for split in ('train_eval', 'validation', 'test'):
@@ -264,10 +265,12 @@ def test_a_full_disk_at_the_last_write_fails_clearly_and_leaves_no_results(tmp_p
 
 def test_an_unwritable_output_folder_stops_a_run_and_a_sweep_with_a_clear_message(tmp_path):
     (tmp_path / 'a-file').write_text('')   # a folder that cannot be made: its parent is a file
-    with pytest.raises(OSError, match=r'cannot write into .*a-file/run \(Not a directory\).*choose another out_dir'):
+    with pytest.raises(OSError, match=r"out_dir '.*a-file/run' cannot be a folder: '.*a-file' is a file\. .*"
+                                      r"choose another out_dir, or move the file\."):
         launch('chexpert', tmp_path / 'a-file' / 'run')
     done = subprocess.run([str(Path(sys.executable).parent / 'fairnb-sweep'), 'table10', '--preset', 'smoke',
                            '--seeds', '1', '--out', str(tmp_path / 'a-file' / 'runs')], capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 2 and 'cannot write into' in done.stderr and 'choose another --out' in done.stderr, \
+    assert done.returncode == 2 and "--out '" in done.stderr and 'is a file' in done.stderr, done.stderr
+    assert 'choose another --out, or move the file' in done.stderr, \
         done.stderr

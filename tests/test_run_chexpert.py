@@ -9,6 +9,7 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from conftest import launch, refused_by_start_run, run_notebook, stream_outputs
+import fairnb
 from fairnb.chexpert import TASKS, synthetic_chexpert
 from fairnb.core import read_json
 from fairnb.results import read_results
@@ -75,6 +76,7 @@ def test_run_folder(runs, scheme):
     d = runs[scheme] / 'run'
     config = json.loads((d / 'config.json').read_text())
     rec, _ = read_results(d)
+    assert config.pop('fairnb_version') == fairnb.__version__   # the mark of a fairnb run folder, in config.json only
     assert config == rec['config']
     assert {'epochs', 'batch_size', 'lr', 'img_size', 'model', 'seed', 'device', 'out_dir'} <= set(config)
     hist = pd.read_csv(d / 'history.csv')
