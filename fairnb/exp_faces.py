@@ -131,7 +131,8 @@ FACE_DATA_PARAMS = dict(   # the face data's parameters, shared with fair featur
 )
 
 FACES_PARAMS = dict(
-    scheme=Param('baseline', str, "'baseline', 'eq_loss', 'minmax', 'label_flip', 'margins' or 'balanced'"),
+    scheme=Param('baseline', str,
+                 "'baseline', 'eq_loss', 'minmax', 'group_dro', 'label_flip', 'margins' or 'balanced'"),
     alpha=Param(None, (float, None), 'eq_loss: weight of the equal-loss penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "eq_loss: 'train' or 'holdout' (10% of training images kept aside); None: 'train'"),
@@ -142,6 +143,8 @@ FACES_PARAMS = dict(
     margin_group=Param(None, (str, None), "margins: the up-weighted group; None: 'female'"),
     boost_group=Param(None, (str, None), 'balanced: a group drawn `boost` times as often as the largest; None: none'),
     boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
+    eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
+    adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
     **FACE_DATA_PARAMS,
     epochs=Param(None, (int, None), "None: the preset's"),
     batch_size=Param(None, (int, None), "None: the preset's"),

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from .data import balanced_index, get_attribute, relabel_within_group
 from .ddp import global_mean
-from .losses import fixed_class_regularizer, get_penalty, minmax_loss
+from .losses import fixed_class_regularizer, get_penalty, group_losses, minmax_loss
 from .models import SensitiveHead
 
 # %% auto #0
 __all__ = ['SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme', 'schemes_for',
-           'get_scheme', 'Baseline', 'MinMax', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds', 'DisparateImpact',
-           'IdentityFlip', 'LabelFlip', 'Balanced', 'Margins', 'FairFeatures']
+           'get_scheme', 'Baseline', 'MinMax', 'GroupDRO', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
+           'DisparateImpact', 'IdentityFlip', 'LabelFlip', 'Balanced', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -116,6 +116,35 @@ class MinMax(Scheme):
     name = 'minmax'
     def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
         return minmax_loss(out.losses, out.groups, self.n_groups)
+
+# %% ../nbs/06_schemes.ipynb #84e3d10a
+@register_scheme
+class GroupDRO(Scheme):
+    "Group DRO (Sagawa et al. 2020): minimise sum_g q_g L_g, the weights q raised by exp(eta (L_g + C/sqrt(n_g)))."
+    name, params = 'group_dro', dict(eta=0.01, adjustment=0.0)
+    def check(self):
+        if not (is_number(self.eta) and self.eta > 0):
+            raise ValueError(f'eta must be a number > 0 (the step size of the group weights), got {self.eta!r}.')
+        if not (is_number(self.adjustment) and self.adjustment >= 0):
+            raise ValueError(f'adjustment must be a number >= 0 (C of the C/sqrt(n_g) term), got {self.adjustment!r}.')
+        self.log_q, self.bonus = torch.zeros(self.n_groups), torch.zeros(self.n_groups)   # uniform weights
+    @property
+    def q(self): return torch.softmax(self.log_q, 0)   # the group weights, kept as logs: no overflow at any eta
+    def prepare(self, train):
+        "The training set as it is; its group sizes give the adjustment C/sqrt(n_g)."
+        n = torch.bincount(torch.as_tensor(train.attrs[self.attribute.name]), minlength=self.n_groups).double()
+        self.bonus = (self.adjustment / n.clamp(min=1).sqrt()).float()
+        self.summary = f'group sizes {n.long().tolist()}; adjustment {[round(b, 4) for b in self.bonus.tolist()]}'
+        return train
+    def state_dict(self): return {'log_q': self.log_q.clone()}
+    def load_state_dict(self, state): self.log_q = state['log_q'].clone()
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        "Update the group weights from the batch's group losses, then the weighted loss."
+        means, counts = group_losses(out.losses, out.groups, self.n_groups)   # the global batch's, under torchrun
+        step = torch.where(counts.cpu() > 0, self.eta * (means.detach().cpu() + self.bonus), 0.0)
+        self.log_q = self.log_q + step   # q_g <- q_g exp(step_g), normalised by the softmax
+        self.logs = {f'q_{g}': float(w) for g, w in zip(self.attribute.groups, self.q)}
+        return (self.q.to(means.device, means.dtype) * means).sum()
 
 # %% ../nbs/06_schemes.ipynb #d57cc6f9
 PENALTY_ON = ('train', 'holdout')

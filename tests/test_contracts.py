@@ -44,7 +44,7 @@ def _batch(seed, groups):
     return BatchOut(losses, logits, targets, torch.tensor(groups))
 
 
-STATEFUL = {'fair_features'}   # its discriminator takes a step on every call
+STATEFUL = {'fair_features', 'group_dro'}   # the discriminator takes a step, the group weights move: on every call
 
 
 def _scheme(name, penalty_on='train'):

@@ -21,6 +21,7 @@ RUNS = {
     'label_flip': dict(scheme='label_flip', flip_group='female', flip_rate=0.1),
     **{f'{p}_{on}': dict(scheme=p, alpha=1.0, penalty_on=on) for p in ('eq_loss', 'eq_odds', 'disp_impact') for on in ('train', 'holdout')},
     'balanced': dict(scheme='balanced'),
+    'group_dro': dict(scheme='group_dro', eta=0.1, adjustment=1.0),
     'oracle': dict(scheme='balanced', train_labels='true'),
 }
 SCHEMES = list(RUNS)

@@ -15,6 +15,7 @@ RUNS = {
     'label_flip': dict(scheme='label_flip', flip_group='male', flip_rate=0.3),
     'margins': dict(scheme='margins', margin=0.75, margin_group='female'),
     'balanced': dict(scheme='balanced', boost_group='female', boost=2.0),
+    'group_dro': dict(scheme='group_dro', eta=0.1, adjustment=1.0),
 }
 NOTEBOOK_RUNS = ('baseline', 'label_flip')   # executed through the notebook (label flipping prints what it did)
 

@@ -80,6 +80,14 @@ def test_minmax_lowers_the_worst_group_loss(tasks, baseline):
     assert fair < base, (base, fair)
 
 
+def test_group_dro_lowers_the_worst_group_loss(tasks, baseline):
+    "Training under Group DRO lowers the worst group's mean training loss below the baseline's, as min-max does."
+    worst = lambda out: group_losses(out[0], out[3], 2)[0].max().item()
+    base, fair = worst(baseline), worst(train_under('group_dro', tasks[0], eta=1.0))
+    print(f'group_dro worst-group loss: baseline {base:.4f}, scheme {fair:.4f}')
+    assert fair < base, (base, fair)
+
+
 # ---------------------------------------------------------------- 2. face label flipping
 
 def identity_table(n_male=49, n_female=31, seed=0):

@@ -1,0 +1,22 @@
+"""Group DRO (Sagawa et al. 2020) runs on your data and on CheXpert: its group weights move towards the group that does
+worse in training, are recorded per epoch, and a run records its parameters."""
+import json
+
+import pandas as pd
+
+from conftest import launch
+from test_images import USER, user_manifest
+
+
+def test_group_dro_runs_on_a_manifest_and_records_its_weights(tmp_path):
+    csv = user_manifest(tmp_path/'study', n_images=160)
+    launch('images', tmp_path/'run', manifest=str(csv), **USER, min_group=10, device='cpu', bootstrap=0,
+           scheme='group_dro', eta=0.5, epochs=2)
+    rec = json.loads((tmp_path/'run'/'results.json').read_text())
+    assert (rec['config']['scheme'], rec['config']['eta'], rec['config']['adjustment']) == ('group_dro', 0.5, 0.0)   # the default, resolved
+    h = pd.read_csv(tmp_path/'run'/'history.csv')
+    q = h[['train_q_male', 'train_q_female']]
+    assert ((q.sum(axis=1) - 1).abs() < 1e-6).all() and (q > 0).all(axis=None)   # weights, averaged over batches
+    worse = (h.train_loss_female - h.train_loss_male).sum()     # the weights follow the summed group losses
+    assert q.train_q_female.iloc[-1] != q.train_q_male.iloc[-1]
+    assert (q.train_q_female.iloc[-1] > q.train_q_male.iloc[-1]) == (worse > 0), (h.filter(like='train_'), worse)
