@@ -108,7 +108,7 @@ def chexpert_flow(run:Run):
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000011
 CHEXPERT_PARAMS = dict(
-    scheme=Param('baseline', str, 'baseline, eq_loss, eq_odds, disp_impact, minmax, group_dro, label_flip or balanced'),
+    scheme=Param('baseline', str, "a scheme for this problem: fairnb.schemes.schemes_for('chexpert')"),
     alpha=Param(None, (float, None), 'eq_loss, eq_odds, disp_impact: weight of the penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "the penalties: 'train' or 'holdout' batches (validation split); None: 'train'"),
@@ -118,6 +118,7 @@ CHEXPERT_PARAMS = dict(
     boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
+    reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
     data_dir=Param(None, (str, None), 'CheXpert-v1.0-small folder; None: the built-in synthetic CheXpert'),
     world=Param('default', str, "synthetic data only: 'default', 'findings' or 'null' (README: synthetic worlds)"),
     train_labels=Param('recorded', str, "'recorded' (train.csv's), or 'true' (synthetic only: the oracle)"),

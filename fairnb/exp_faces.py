@@ -131,8 +131,7 @@ FACE_DATA_PARAMS = dict(   # the face data's parameters, shared with fair featur
 )
 
 FACES_PARAMS = dict(
-    scheme=Param('baseline', str,
-                 "'baseline', 'eq_loss', 'minmax', 'group_dro', 'label_flip', 'margins' or 'balanced'"),
+    scheme=Param('baseline', str, "a scheme for this problem: fairnb.schemes.schemes_for('faces')"),
     alpha=Param(None, (float, None), 'eq_loss: weight of the equal-loss penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "eq_loss: 'train' or 'holdout' (10% of training images kept aside); None: 'train'"),
@@ -145,6 +144,7 @@ FACES_PARAMS = dict(
     boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
+    reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
     **FACE_DATA_PARAMS,
     epochs=Param(None, (int, None), "None: the preset's"),
     batch_size=Param(None, (int, None), "None: the preset's"),

@@ -162,7 +162,7 @@ def images_flow(run:Run):
 
 # %% ../nbs/11e_exp_images.ipynb #ei000014
 IMAGES_PARAMS = dict(
-    scheme=Param('baseline', str, 'baseline, eq_loss, eq_odds, disp_impact, minmax, group_dro, label_flip or balanced'),
+    scheme=Param('baseline', str, "a scheme for this problem: fairnb.schemes.schemes_for('images')"),
     alpha=Param(None, (float, None), 'eq_loss, eq_odds, disp_impact: weight of the penalty; None: 1.0'),
     penalty_on=Param(None, (str, None),
                      "the penalties: 'train' or 'holdout' batches (validation split); None: 'train'"),
@@ -172,6 +172,7 @@ IMAGES_PARAMS = dict(
     boost=Param(None, (float, None), 'balanced: how many times the largest group boost_group is drawn; None: 1.0'),
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
+    reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
     manifest=Param(None, (str, None), 'your manifest CSV (README: your own data in ten minutes); None: a layout'),
     layout=Param(None, (str, None), "a public dataset in its own files ('nih', ...: README); None: synthetic"),
     data_dir=Param(None, (str, None), "the layout's folder; None: a synthetic copy in that layout"),

@@ -16,9 +16,10 @@ from .losses import fixed_class_regularizer, get_penalty, group_losses, minmax_l
 from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['SCHEMES', 'PENALTY_ON', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme', 'schemes_for',
-           'get_scheme', 'Baseline', 'MinMax', 'GroupDRO', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
-           'DisparateImpact', 'IdentityFlip', 'LabelFlip', 'Balanced', 'Margins', 'FairFeatures']
+__all__ = ['SCHEMES', 'PENALTY_ON', 'REWEIGHT_BY', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme',
+           'schemes_for', 'get_scheme', 'Baseline', 'MinMax', 'GroupDRO', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
+           'DisparateImpact', 'IdentityFlip', 'LabelFlip', 'Balanced', 'label_codes', 'Reweight', 'Margins',
+           'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -237,6 +238,42 @@ class Balanced(Scheme):
         self.summary = f'resampled {len(groups)} training samples to {len(idx)}: ' + ', '.join(
             f'{g} {int((groups[idx] == k).sum())}' for k, g in enumerate(self.attribute.groups))
         return train.take(idx)
+
+# %% ../nbs/06_schemes.ipynb #6c4dfffb
+REWEIGHT_BY = ('group', 'group_label')
+
+def label_codes(targets:torch.Tensor): # (N,) class labels, or (N, T) 0/1 label vectors
+    "(N,) an integer per label vector: its bits for 0/1 vectors (T <= 16), the label itself for class labels."
+    t = torch.as_tensor(targets)
+    if t.dim() == 1: return t.long()
+    if t.shape[1] > 16: raise ValueError(f"reweight_by='group_label' takes at most 16 labels, got {t.shape[1]}.")
+    return ((t > 0.5).long() * 2 ** torch.arange(t.shape[1])).sum(1)
+
+@register_scheme
+class Reweight(Scheme):
+    "Weight each sample's loss by the inverse training frequency of its group (or group and label), mean 1."
+    name, params = 'reweight', dict(reweight_by='group')
+    def check(self):
+        if self.reweight_by not in REWEIGHT_BY:
+            raise ValueError(f'reweight_by must be one of {REWEIGHT_BY}, got {self.reweight_by!r}.')
+        if self.reweight_by == 'group_label' and self.problem == 'faces':
+            raise ValueError("reweight_by='group_label' is for classification labels; a face's label is its identity, "
+                             "which lies in one group: use reweight_by='group'.")
+        self.weights = None
+    def cells(self, targets, groups): # the cell of each sample: its group, or its group and label
+        g = torch.as_tensor(groups).long().cpu()
+        return g if self.reweight_by == 'group' else g * 2 ** 16 + label_codes(targets.cpu())
+    def prepare(self, train):
+        "The training set as it is; its cells' frequencies give each cell's weight."
+        keys, counts = torch.unique(self.cells(train.targets, train.attrs[self.attribute.name]), return_counts=True)
+        w = counts.sum() / (len(keys) * counts.double())
+        self.weights = dict(zip(keys.tolist(), w.tolist()))
+        self.summary = f'{len(keys)} cells, weights {min(w.tolist()):.3g} to {max(w.tolist()):.3g}'
+        return train
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        if self.weights is None: raise RuntimeError('reweight: call prepare(train) first (every run flow does).')
+        w = torch.tensor([self.weights.get(k, 0.0) for k in self.cells(out.targets, out.groups).tolist()])
+        return global_mean(out.losses * w.to(out.losses.device, out.losses.dtype))
 
 # %% ../nbs/06_schemes.ipynb #75cc0992
 @register_scheme

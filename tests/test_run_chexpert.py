@@ -22,6 +22,7 @@ RUNS = {
     **{f'{p}_{on}': dict(scheme=p, alpha=1.0, penalty_on=on) for p in ('eq_loss', 'eq_odds', 'disp_impact') for on in ('train', 'holdout')},
     'balanced': dict(scheme='balanced'),
     'group_dro': dict(scheme='group_dro', eta=0.1, adjustment=1.0),
+    'reweight': dict(scheme='reweight', reweight_by='group_label'),
     'oracle': dict(scheme='balanced', train_labels='true'),
 }
 SCHEMES = list(RUNS)

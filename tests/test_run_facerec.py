@@ -16,6 +16,7 @@ RUNS = {
     'margins': dict(scheme='margins', margin=0.75, margin_group='female'),
     'balanced': dict(scheme='balanced', boost_group='female', boost=2.0),
     'group_dro': dict(scheme='group_dro', eta=0.1, adjustment=1.0),
+    'reweight': dict(scheme='reweight'),
 }
 NOTEBOOK_RUNS = ('baseline', 'label_flip')   # executed through the notebook (label flipping prints what it did)
 

@@ -80,6 +80,21 @@ def test_minmax_lowers_the_worst_group_loss(tasks, baseline):
     assert fair < base, (base, fair)
 
 
+def test_reweight_lowers_the_minority_groups_loss(tasks, baseline):
+    "Reweighting by group lowers the minority's (women, 30%) mean training loss below the baseline's."
+    women = lambda out: group_losses(out[0], out[3], 2)[0][1].item()
+    train = tasks[0]
+    s = get_scheme('reweight', 'sex', 'chexpert'); s.prepare(train)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(D, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    loader = DataLoader(train, batch_size=len(train) // 2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    fit(model, loader, weighted_bce, s, torch.optim.Adam(model.parameters(), lr=0.03), EPOCHS, 'cpu')
+    x, y, g = next(iter(DataLoader(train, batch_size=len(train))))
+    with torch.no_grad(): fair = women((weighted_bce(model(x), y), None, y, g['sex']))
+    print(f"reweight women's training loss: baseline {women(baseline):.4f}, scheme {fair:.4f}")
+    assert fair < women(baseline), (women(baseline), fair)
+
+
 def test_group_dro_lowers_the_worst_group_loss(tasks, baseline):
     "Training under Group DRO lowers the worst group's mean training loss below the baseline's, as min-max does."
     worst = lambda out: group_losses(out[0], out[3], 2)[0].max().item()
