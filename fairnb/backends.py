@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 
 # %% auto #0
-__all__ = ['GPU_PRESETS', 'slot_env', 'default_jobs', 'stop_tree', 'run_job', 'LocalBackend', 'RayBackend']
+__all__ = ['KERNEL_START_FAILED', 'GPU_PRESETS', 'slot_env', 'default_jobs', 'stop_tree', 'run_job', 'LocalBackend', 'RayBackend']
 
 # %% ../nbs/12a_backends.ipynb #5ee90015
 def slot_env(slot:int, jobs:int, gpus:int, cpus:int|None=None, # slot in range(jobs); visible GPUs; cores
@@ -51,14 +51,25 @@ def stop_tree(pid:int, grace:float=10.0):
         try: p.kill() if not _gone(p) else None
         except psutil.NoSuchProcess: pass
 
-def run_job(args:list, log:Path, env:dict, on_start=None): # papermill args; where output goes; env updates
-    "Run `python args` to its end, output to `log`; returns the exit status."
-    log.parent.mkdir(parents=True, exist_ok=True)
+KERNEL_START_FAILED = 'Kernel died before replying to kernel_info'   # papermill: no cell ran, nothing was written
+
+def _run_once(args:list, log:Path, env:dict, on_start=None):
     with open(log, 'ab') as f:
         p = subprocess.Popen([sys.executable, *args], stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env},
                              start_new_session=True, preexec_fn=_die_with_parent if _LIBC else None)
         if on_start: on_start(p)
         return p.wait()
+
+def run_job(args:list, log:Path, env:dict, on_start=None, # papermill args; where output goes; env updates
+            retries:int=1): # starts again when the notebook's kernel died before it started (a loaded machine)
+    "Run `python args` to its end, output to `log`; again if its kernel died starting; returns the exit status."
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        start = log.stat().st_size if log.exists() else 0
+        status = _run_once(args, log, env, on_start)
+        with open(log, 'rb') as f: f.seek(start); said = f.read().decode(errors='replace')
+        if status == 0 or KERNEL_START_FAILED not in said or attempt == retries: return status
+        with open(log, 'a') as f: f.write(f'\n(fairnb: the kernel died before it started; starting the run again)\n')
 
 # %% ../nbs/12a_backends.ipynb #5ee90024
 class LocalBackend:
