@@ -152,8 +152,11 @@ def progress(iterable, desc:str='', total:int|None=None, # default len(iterable)
 
 # %% ../nbs/00_core.ipynb #1b285b85
 RUN_FILES = ('config.json', 'results.json', 'history.csv', 'model.pt', 'checkpoint.pt', 'failed.json',
-             'backbone_history.csv', 'backbone_checkpoint.pt')   # the last two: a fair-features run's own backbone
-KEPT_ON_RESUME = ('config.json', 'checkpoint.pt', 'history.csv', 'backbone_checkpoint.pt', 'backbone_history.csv')
+             'backbone_history.csv', 'backbone_checkpoint.pt',   # these two: a fair-features run's own backbone
+             'selected.pt',   # the epochs `select` picks by validation (`fairnb.run.Run.train`)
+             'stage1_history.csv', 'stage1_checkpoint.pt')   # JTT's first model (`fairnb.after_paper`)
+KEPT_ON_RESUME = ('config.json', 'checkpoint.pt', 'history.csv', 'backbone_checkpoint.pt', 'backbone_history.csv',
+                  'selected.pt', 'stage1_history.csv', 'stage1_checkpoint.pt')
 RUN_FOLDERS = ('predictions',)   # folders of run files: `fairnb.results.PREDICTIONS`
 RUN_KEY = 'fairnb_version'       # in the config.json (and failed.json) a run writes: the folder is fairnb's
 
@@ -219,7 +222,8 @@ def config_differences(old:dict, new:dict, keys=None, # compare only these; None
     keys = set(old) | set(new) if keys is None else keys
     return sorted(k for k in keys if k not in ignore and old.get(k) != new.get(k))
 
-ADDED_LATER = {'min_clusters': 5, 'image_bits': None}   # parameters runs made before them lack: the value they mean
+ADDED_LATER = {'min_clusters': 5, 'image_bits': None,   # parameters runs made before them lack: the value they mean
+               'select': 'last'}
 
 def with_added_defaults(config:dict):
     "`config` with the parameters added since it was written (`ADDED_LATER`) at their defaults, where it lacks them."

@@ -13,14 +13,14 @@ import torch
 from .core import progress, to_device
 
 from .data import ImageTable, get_attribute
-from .metrics import MIN_CLUSTERS, group_auc, group_mean_rows, penalty_rows
+from .metrics import MIN_CLUSTERS, auc_by_rank, group_auc, group_mean_rows, penalty_rows
 from .search import class_angles, rank1_search
 from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['predict', 'split_rows', 'evaluate_split', 'split_evaluator', 'FaceOutcome', 'face_outcomes', 'face_rows',
-           'evaluate_faces', 'face_evaluator', 'embed_splits', 'evaluate_discriminator', 'discriminator_evaluator',
-           'shuffled_batches', 'probe_sensitive']
+__all__ = ['predict', 'split_rows', 'evaluate_split', 'overall_auc', 'split_evaluator', 'FaceOutcome', 'face_outcomes',
+           'face_rows', 'evaluate_faces', 'face_evaluator', 'embed_splits', 'evaluate_discriminator',
+           'discriminator_evaluator', 'shuffled_batches', 'probe_sensitive']
 
 # %% ../nbs/09_evaluate.ipynb #59b74d1e
 @torch.no_grad()
@@ -58,18 +58,26 @@ def evaluate_split(model, loader, device, criterion:Callable, tasks:tuple, attri
                       seed, min_clusters)
 
 # %% ../nbs/09_evaluate.ipynb #b2b43dc4
+def overall_auc(logits, y, # (N, T) a model's outputs (or probabilities) and 0/1 labels on a split
+                tasks:tuple, prefix:str='val'):
+    "{f'{prefix}_auc': the mean over tasks, f'{prefix}_task_auc_{task}': each}: AUC over all images, groups unread."
+    auc = {t: float(auc_by_rank(y[:, j], logits[:, j])) for j, t in enumerate(tasks)}
+    known = [v for v in auc.values() if not np.isnan(v)]   # a task with one class in the split: NaN, left out
+    return {f'{prefix}_auc': float(np.mean(known)) if known else float('nan'),
+            **{f'{prefix}_task_auc_{t}': v for t, v in auc.items()}}
+
 def split_evaluator(loader, device, criterion:Callable, tasks:tuple,
                     sensitive, # the sensitive attribute (or its name)
                     prefix:str='val',
                     min_clusters:int=MIN_CLUSTERS): # a group with fewer images: not in the gap
-    "A function model -> {f'{prefix}_auc_{group}': mean AUC, f'{prefix}_{penalty}': value} for `fit`."
+    "A function model -> {f'{prefix}_auc_{group}', f'{prefix}_{penalty}', then `overall_auc`'s} for `fit`."
     def evaluate(model):
-        df = evaluate_split(model, loader, device, criterion, tasks, [sensitive], sensitive, prefix,
-                            min_clusters=min_clusters)
-        auc = df[(df.task == 'mean') & (df.metric == 'auc')]
-        pen = df[df.metric != 'auc']
+        logits, y, attrs = predict(model, loader, device, activation=None, desc=prefix)
+        df = split_rows(logits, y, attrs, device, criterion, tasks, [sensitive], sensitive, prefix,
+                        min_clusters=min_clusters)
+        auc, pen = df[(df.task == 'mean') & (df.metric == 'auc')], df[df.metric != 'auc']
         return ({f'{prefix}_auc_{r.group}': r.value for r in auc.itertuples()}
-                | {f'{prefix}_{r.metric}': r.value for r in pen.itertuples()})
+                | {f'{prefix}_{r.metric}': r.value for r in pen.itertuples()} | overall_auc(logits, y, tasks, prefix))
     return evaluate
 
 # %% ../nbs/09_evaluate.ipynb #07cda93a
@@ -121,13 +129,16 @@ def evaluate_faces(model, criterion, loaders:dict, device, attributes:list, sens
     return face_rows(face_outcomes(model, criterion, loaders, device), attributes, sensitive, resamples, seed,
                      min_clusters)
 
+def _mean(v): v = np.asarray(v, dtype=float); return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else np.nan
+
 def face_evaluator(criterion, loaders:dict, device, sensitive, min_clusters:int=MIN_CLUSTERS):
-    "A function model -> {'train_acc_male': ..., 'val_acc_gap': ...} for `fit` (loaders: 'train' and 'validation')."
-    short = {'train': 'train', 'validation': 'val', 'test': 'test'}
+    "A function model -> {'train_acc_male': ..., 'val_acc_gap': ..., 'val_acc': every image's} for `fit`."
+    short = {'train': 'train', 'validation': 'val', 'test': 'test'}   # loaders: 'train' and 'validation'
     def evaluate(model):
-        df = evaluate_faces(model, criterion, loaders, device, [sensitive], sensitive, min_clusters=min_clusters)
-        acc = df[df.metric == 'accuracy']
-        return {f'{short[r.split]}_acc_{r.group}': r.value for r in acc.itertuples()}
+        out = face_outcomes(model, criterion, loaders, device)
+        acc = face_rows(out, [sensitive], sensitive, min_clusters=min_clusters).query("metric == 'accuracy'")
+        return ({f'{short[r.split]}_acc_{r.group}': r.value for r in acc.itertuples()}
+                | {f'{short[s]}_acc': _mean(o.correct) for s, o in out.items()})
     return evaluate
 
 # %% ../nbs/09_evaluate.ipynb #7330056d

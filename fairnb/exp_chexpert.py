@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .after_paper import refit_before, stage1_if_any
 from .core import check_config
 from .data import check_groups, drop_bad_images, split_by_patient
 from .chexpert import (CHEXPERT_PRESETS, CHEXPERT_WORLDS, TASKS, VIEWS, chexpert_datasets, chexpert_frames,
@@ -20,11 +21,11 @@ from .models import create_model
 from .evaluate import predict, split_evaluator, split_rows
 from .results import write_predictions
 from .run import (RUNTIME_PARAMS, Data, Model, Param, Problem, Run, image_bits_param, min_clusters_param,
-                        split_shares)
+                        select_param, split_shares)
 
 # %% auto #0
 __all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'data_facts', 'chexpert_data', 'chexpert_model', 'train_chexpert',
-           'chexpert_predictions', 'evaluate_chexpert', 'check_chexpert', 'chexpert_flow']
+           'chexpert_predictions', 'evaluate_chexpert', 'check_chexpert', 'classifier_flow', 'chexpert_flow']
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000006
 def patient_share(df:pd.DataFrame, share:float, seed:int): # one row per image, with a patient column
@@ -101,10 +102,20 @@ def check_chexpert(config:dict):
                          f"got {config['train_share']!r}.")
     if config.get('data_dir'): find_chexpert_dir(config['data_dir'])
 
+def classifier_flow(run:Run, data:Data, make_model, train, evaluate, # the problem's stages: (run, data[, model])
+                    multiclass:bool=False): # one class per image (JTT's errors)
+    "A classifier's flow from its data: JTT's first model, training, DFR's refit, each selected epoch evaluated."
+    stage1_if_any(run, data, make_model, multiclass)   # JTT only
+    model = make_model(run, data); train(run, data, model)
+    ev = refit_before(run, data, model, lambda: evaluate(run, data, model))   # DFR only: the last layer refitted first
+    def finish():   # each selected epoch's model evaluated, the first rule's last (its weights go to model.pt)
+        rows, selected = run.evaluate_selected(model, ev)
+        return run.finish(model.net.state_dict(), rows, data.facts, selected)
+    return finish
+
 def chexpert_flow(run:Run):
     "Train a CheXpert run; returns what finishes it (evaluation and the run's files), for rank 0."
-    data = chexpert_data(run); model = chexpert_model(run, data); train_chexpert(run, data, model)
-    return lambda: run.finish(model.net.state_dict(), evaluate_chexpert(run, data, model), data.facts)
+    return classifier_flow(run, chexpert_data(run), chexpert_model, train_chexpert, evaluate_chexpert)
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000011
 CHEXPERT_PARAMS = dict(
@@ -119,6 +130,11 @@ CHEXPERT_PARAMS = dict(
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
     reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
+    jtt_epochs=Param(None, (int, None),
+                     'jtt: epochs of the first model, whose training errors are drawn again; None: 1'),
+    lambda_up=Param(None, (int, None), 'jtt: times each of those errors is drawn in the second training; None: 5'),
+    dfr_c=Param(None, (float, None),
+                'dfr: inverse L1 strength of the refitted last layer; None: chosen on the holdout'),
     data_dir=Param(None, (str, None), 'CheXpert-v1.0-small folder; None: the built-in synthetic CheXpert'),
     world=Param('default', str, "synthetic data only: 'default', 'findings' or 'null' (README: synthetic worlds)"),
     train_labels=Param('recorded', str, "'recorded' (train.csv's), or 'true' (synthetic only: the oracle)"),
@@ -134,6 +150,7 @@ CHEXPERT_PARAMS = dict(
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of patients behind each 95% interval; 0: no intervals'),
     min_clusters=min_clusters_param('patients'),
+    select=select_param(),
     image_bits=image_bits_param(),
     **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/chexpert_<scheme>'),

@@ -18,12 +18,13 @@ from .schemes import Scheme
 from .evaluate import face_evaluator, face_outcomes, face_rows, predict
 from .audit import race_audit
 from .results import write_predictions
-from .run import RUNTIME_PARAMS, Data, Model, Param, Problem, Run, min_clusters_param, split_shares
+from .run import (RUNTIME_PARAMS, SELECT_RULES, Data, Model, Param, Problem, Run, check_select,
+                        min_clusters_param, select_param, split_shares)
 
 # %% auto #0
-__all__ = ['HOLDOUT_FRAC', 'BUPT_IDS_PER_RACE', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS', 'FACES_PARAMS', 'FACES',
-           'face_data', 'margin_head', 'face_model', 'train_face_model', 'face_predictions', 'evaluate_face_model',
-           'bupt_race_rows', 'check_female_share', 'check_faces', 'faces_flow']
+__all__ = ['HOLDOUT_FRAC', 'BUPT_IDS_PER_RACE', 'FACE_SELECT', 'NO_WORST_CLASS', 'FACE_INTS', 'FACE_POSITIVE', 'FACE_DATA_PARAMS',
+           'FACES_PARAMS', 'FACES', 'face_data', 'margin_head', 'face_model', 'train_face_model', 'face_predictions',
+           'evaluate_face_model', 'bupt_race_rows', 'check_female_share', 'check_faces', 'faces_flow']
 
 # %% ../nbs/11b_exp_faces.ipynb #ef000006
 HOLDOUT_FRAC = 0.1   # of the training images, kept aside for every scheme (only holdout penalties use them)
@@ -106,16 +107,25 @@ def check_female_share(config:dict):
         raise ValueError(f"female_share must lie in (0, 1) and is for the synthetic CelebA only (data_dir=None); "
                          f"got {fs!r} with data_dir={config['data_dir']!r}.")
 
+FACE_SELECT = tuple(r for r in SELECT_RULES if r != 'val_worst_class')   # the model selection rules faces offer
+NO_WORST_CLASS = ("val_worst_class is not for faces: their classes are the training identities, which test never "
+                  'sees (its identities are others) and validation holds a few images of each, so a worst identity '
+                  f'scores 0 at almost every epoch. Choose among {FACE_SELECT}.')
+
 def check_faces(config:dict):
-    "A `data_dir`, when given, is a CelebA folder; `female_share` is for the synthetic one."
+    "A `data_dir`, when given, is a CelebA folder; `female_share` is for the synthetic one; no worst-class selection."
     if config.get('data_dir'): find_celeba_dir(config['data_dir'])
     check_female_share(config)
+    if 'select' in config: check_select(config, {'val_worst_class': NO_WORST_CLASS})   # fair features: no select
 
 def faces_flow(run:Run):
     "Train a face run; returns what finishes it (evaluation and the run's files), for rank 0."
     data = face_data(run); model = face_model(run, data); train_face_model(run, data, model)
-    state = lambda: {'backbone': model.net.state_dict(), 'head': model.criterion.state_dict()}
-    return lambda: run.finish(state(), evaluate_face_model(run, data, model), data.facts)
+    def finish():   # each selected epoch's model (backbone and head) evaluated, the first rule's last
+        rows, selected = run.evaluate_selected(model, lambda: evaluate_face_model(run, data, model))
+        state = {'backbone': model.net.state_dict(), 'head': model.criterion.state_dict()}
+        return run.finish(state, rows, data.facts, selected)
+    return finish
 
 # %% ../nbs/11b_exp_faces.ipynb #ef000010
 FACE_INTS, FACE_POSITIVE = ('epochs', 'batch_size', 'img_size', 'emb_size'), ('lr', 's')
@@ -157,6 +167,7 @@ FACES_PARAMS = dict(
     seed=Param(0, int, 'seed of the split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of identities behind each 95% interval; 0: no intervals'),
     min_clusters=min_clusters_param('identities'),
+    select=select_param(FACE_SELECT),
     bupt_dir=Param(None, (str, None),
                    'BUPT-Balancedface folder (audit by race); None: synthetic, with synthetic faces'),
     **RUNTIME_PARAMS,

@@ -15,17 +15,17 @@ from .data import ImageTable, check_groups, drop_bad_images
 from .manifest import (LAYOUTS, Spec, get_layout, image_transform, layout_table, manifest_splits,
                              manifest_table, parse_manifest, read_rgb)
 import fairnb.layouts  # noqa: F401  (registers the public layouts)
-from .exp_chexpert import chexpert_model, data_facts, train_chexpert
+from .exp_chexpert import chexpert_model, classifier_flow, data_facts, train_chexpert
 from .metrics import group_mean_rows
 from .evaluate import predict, split_rows
 from .results import write_predictions
 from .run import (RUNTIME_PARAMS, Data, Model, Param, Problem, Run, image_bits_param, min_clusters_param,
-                        split_shares)
+                        select_param, split_shares)
 
 # %% auto #0
 __all__ = ['IMAGE_SOURCE', 'IMAGES_PRESETS', 'IMAGES_PARAMS', 'IMAGES', 'check_source', 'images_spec', 'images_frame',
            'describe_images', 'image_files', 'image_datasets', 'images_data', 'images_model', 'train_images',
-           'image_predictions', 'accuracy_rows', 'evaluate_images', 'check_images', 'images_flow']
+           'is_multiclass', 'image_predictions', 'accuracy_rows', 'evaluate_images', 'check_images', 'images_flow']
 
 # %% ../nbs/11e_exp_images.ipynb #ei000006
 def check_source(config:dict):
@@ -109,6 +109,8 @@ def train_images(run:Run, data:Data, model:Model):
     return train_chexpert(run, data, model, run.config['tasks'])
 
 # %% ../nbs/11e_exp_images.ipynb #ei000011
+def is_multiclass(config:dict): return images_spec(config).classes is not None   # one class per image
+
 def image_predictions(frame:pd.DataFrame, logits, y, attrs:dict, tasks:list):
     "Per image: its path (relative to the data's CSV), cluster, attribute codes, `y_<task>` and `p_<task>`."
     probs, root = 1 / (1 + np.exp(-logits)), Path(frame.attrs['source']).parent
@@ -126,7 +128,7 @@ def evaluate_images(run:Run, data:Data, model:Model):
     "Results rows of every split (AUC per attribute, group and task, with intervals; the penalties); keeps predictions."
     c, rows = run.config, []
     boot = dict(resamples=c['bootstrap'], seed=c['seed'], min_clusters=c['min_clusters'])
-    multi = images_spec(c).classes is not None
+    multi = is_multiclass(c)
     for s, d in {'train': 'train_eval', 'validation': 'validation', 'test': 'test'}.items():
         logits, y, attrs = predict(model.net, run.loader(data.datasets[d]), run.device, activation=None, desc=s)
         clusters = data.frames[s].patient.to_numpy()
@@ -157,8 +159,8 @@ def check_images(config:dict):
 
 def images_flow(run:Run):
     "Train a run on the manifest; returns what finishes it (evaluation and the run's files), for rank 0."
-    data = images_data(run); model = images_model(run, data); train_images(run, data, model)
-    return lambda: run.finish(model.net.state_dict(), evaluate_images(run, data, model), data.facts)
+    data = images_data(run)
+    return classifier_flow(run, data, images_model, train_images, evaluate_images, is_multiclass(run.config))
 
 # %% ../nbs/11e_exp_images.ipynb #ei000014
 IMAGES_PARAMS = dict(
@@ -173,6 +175,11 @@ IMAGES_PARAMS = dict(
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
     reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
+    jtt_epochs=Param(None, (int, None),
+                     'jtt: epochs of the first model, whose training errors are drawn again; None: 1'),
+    lambda_up=Param(None, (int, None), 'jtt: times each of those errors is drawn in the second training; None: 5'),
+    dfr_c=Param(None, (float, None),
+                'dfr: inverse L1 strength of the refitted last layer; None: chosen on the holdout'),
     manifest=Param(None, (str, None), 'your manifest CSV (README: your own data in ten minutes); None: a layout'),
     layout=Param(None, (str, None), "a public dataset in its own files ('nih', ...: README); None: synthetic"),
     data_dir=Param(None, (str, None), "the layout's folder; None: a synthetic copy in that layout"),
@@ -195,6 +202,7 @@ IMAGES_PARAMS = dict(
     seed=Param(0, int, 'seed of the validation split, the initialisation, the batches and the flips'),
     bootstrap=Param(1000, int, 'resamples of clusters behind each 95% interval; 0: no intervals'),
     min_clusters=min_clusters_param('patients'),
+    select=select_param(),
     image_bits=image_bits_param(),
     **RUNTIME_PARAMS,
     out_dir=Param(None, (str, None), 'run folder; None: reports/images_<scheme>'),

@@ -17,7 +17,7 @@ __all__ = ['NOT_IN_NAME', 'run_name', 'Job', 'seed_list', 'cell_job', 'table_job
 NOT_IN_NAME = RUN_ONLY + ('data_dir', 'weights_path', 'backbone_checkpoint',   # places and the data's description:
                          'manifest', 'labels', 'classes', 'attributes')   # checked against config.json instead
 
-def _short(v): return f'{v:g}' if isinstance(v, float) else str(v)
+def _short(v): return f'{v:g}' if isinstance(v, float) else str(v).replace(',', '+')   # select's list: a+b
 
 def run_name(problem:str, params:dict, seed:int):
     "The folder name of one run: problem, scheme, the other parameters as name=value, the seed."

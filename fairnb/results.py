@@ -15,8 +15,9 @@ from .core import atomic_write_bytes, read_json, write_csv, write_json
 from .data import register_run_groups
 
 # %% auto #0
-__all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'NUMBER_KEYS', 'SPLITS', 'PREDICTIONS', 'validate_rows', 'write_results', 'read_results',
-           'find_runs', 'collect_runs', 'write_predictions', 'read_predictions']
+__all__ = ['ROW_KEYS', 'OPTIONAL_KEYS', 'NUMBER_KEYS', 'SPLITS', 'SELECT_RULES', 'PREDICTIONS', 'validate_rows',
+           'validate_selected', 'selected_rows', 'write_results', 'read_results', 'find_runs', 'collect_runs',
+           'write_predictions', 'read_predictions']
 
 # %% ../nbs/10a_results.ipynb #fdcb070b
 ROW_KEYS = ('split', 'attribute', 'group', 'task', 'metric', 'value')
@@ -61,17 +62,53 @@ def validate_rows(rows:list): # list of dicts
                     **_optional_fields(i, r)})
     return out
 
+# %% ../nbs/10a_results.ipynb #18e79d8f
+SELECT_RULES = ('last', 'val_mean', 'val_worst_group', 'val_worst_class')   # `fairnb.run`: what each picks
+
+def _records(rows): # list of dicts, or a DataFrame with `ROW_KEYS` columns
+    if not isinstance(rows, pd.DataFrame): return rows
+    return rows[[*ROW_KEYS, *(k for k in OPTIONAL_KEYS if k in rows)]].to_dict('records')
+
+def validate_selected(selected:dict): # rule -> {'epoch': e, 'score': s or None, 'rows': rows}
+    "Check `results.json`'s `selected`; returns it with each rule's rows validated (`validate_rows`)."
+    out = {}
+    for rule, s in selected.items():
+        if rule not in SELECT_RULES: raise ValueError(f'selected: {rule!r} is not one of {SELECT_RULES}.')
+        if not isinstance(s, dict) or not {'epoch', 'rows'} <= set(s) <= {'epoch', 'score', 'rows'}:
+            raise ValueError(f"selected[{rule!r}] must be a dict of 'epoch', 'rows' and optionally 'score'.")
+        e, score = s['epoch'], s.get('score')
+        if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+            raise ValueError(f'selected[{rule!r}]: epoch {e!r} is not an epoch (an integer >= 1).')
+        if not _missing(score) and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise ValueError(f'selected[{rule!r}]: score {score!r} is not a number.')
+        try: rows = validate_rows(_records(s['rows']))
+        except ValueError as err: raise ValueError(f'selected[{rule!r}]: {err}') from None
+        out[rule] = {'epoch': e, 'score': None if _missing(score) else float(score), 'rows': rows}
+    return out
+
+def selected_rows(rec:dict, # a results record (`results.json`)
+                  select:str, # a rule of `SELECT_RULES`
+                  path=''): # where the record was read, for the errors
+    "The rows of the epoch `select` picked (a record without `selected`: the last epoch's, `rows`)."
+    if select not in SELECT_RULES: raise ValueError(f'select must be one of {SELECT_RULES}, got {select!r}.')
+    have = rec.get('selected') or {'last': {'rows': rec['rows']}}
+    if select not in have:
+        raise ValueError(f"{path} recorded no rows for select={select!r}, only for {list(have)}: run it again with "
+                         f"-p select {','.join([*have, select])} -p overwrite True, or read one of those.")
+    return have[select]['rows']
+
 # %% ../nbs/10a_results.ipynb #0dc1ea59
 def write_results(out_dir, config:dict, rows, # list of dicts, or a DataFrame with `ROW_KEYS` columns
-                  seconds:float, data:dict|None=None): # facts about the data (rows dropped, images skipped)
+                  seconds:float, data:dict|None=None, # facts about the data (rows dropped, images skipped)
+                  selected:dict|None=None): # rule -> {'epoch', 'score', 'rows'}: `validate_selected`
     "Validate and atomically write `results.json` into `out_dir`."
-    if isinstance(rows, pd.DataFrame):
-        rows = rows[[*ROW_KEYS, *(k for k in OPTIONAL_KEYS if k in rows)]].to_dict('records')
-    rec = {'config': config, 'rows': validate_rows(rows), 'fairnb_version': fairnb.__version__,
+    rec = {'config': config, 'rows': validate_rows(_records(rows)), 'fairnb_version': fairnb.__version__,
            'seconds': float(seconds), 'data': data or {}}
+    if selected is not None: rec['selected'] = validate_selected(selected)
     return write_json(Path(out_dir)/'results.json', rec)
 
-def read_results(path): # a results.json, or the run folder holding it
+def read_results(path, # a results.json, or the run folder holding it
+                 select:str|None=None): # a rule of `SELECT_RULES`: the rows of the epoch it picked; None: `rows`
     "Read and validate a `results.json`; returns (record, rows DataFrame)."
     path = Path(path); path = path/'results.json' if path.is_dir() else path
     if not path.exists():
@@ -80,7 +117,8 @@ def read_results(path): # a results.json, or the run folder holding it
     rec = read_json(path)
     missing = {'config', 'rows', 'fairnb_version', 'seconds'} - set(rec)
     if missing: raise ValueError(f'{path} lacks {sorted(missing)}; it was not written by fairnb.results.write_results.')
-    rows = pd.DataFrame(validate_rows(rec['rows']), columns=[*ROW_KEYS, *OPTIONAL_KEYS])
+    rows = rec['rows'] if select is None else selected_rows(rec, select, path)
+    rows = pd.DataFrame(validate_rows(rows), columns=[*ROW_KEYS, *OPTIONAL_KEYS])
     register_run_groups(rec['config'])   # a manifest's attributes, known again in this process
     return rec, rows.astype({k: float for k in NUMBER_KEYS})
 
@@ -98,25 +136,38 @@ def _hashable(v):
     if isinstance(v, dict): return tuple((k, _hashable(x)) for k, x in v.items())
     return tuple(_hashable(x) for x in v) if isinstance(v, (list, tuple)) else v
 
-def _run_record(run): # a run folder, or a (config, rows) pair
-    if isinstance(run, (str, Path)): rec, rows = read_results(run); return rec['config'], rows, str(run)
+def _run_record(run, # a run folder, or a (config, rows) pair
+                select:str|None=None): # a rule: the rows of the epoch it picked
+    if isinstance(run, (str, Path)): rec, rows = read_results(run, select); return rec['config'], rows, str(run)
+    if select is not None:
+        raise ValueError("select reads the rows each rule picked from a run folder's results.json; a (config, rows) "
+                         'pair holds one set of rows: pass run folders, or leave select=None.')
     config, rows = run
     return config, rows, None
 
-def collect_runs(runs): # a folder of runs, or an iterable of run folders or (config, rows) pairs
+def _rules(select): # None, a rule, or a list of rules
+    rules = [select] if select is None or isinstance(select, str) else list(select)
+    if len(set(rules)) < len(rules): raise ValueError(f'select names a rule twice: {rules}; name each once.')
+    return rules
+
+def collect_runs(runs, # a folder of runs, or an iterable of run folders or (config, rows) pairs
+                 select:str|list|None=None): # rule(s) of `SELECT_RULES`: their rows, tagged `selected`; None: `rows`
     "One long DataFrame: every run's results rows, with its parameters as columns and its folder as `run`."
-    unfinished = []
+    unfinished, rules, tag = [], _rules(select), ['selected'] * (select is not None)
     if isinstance(runs, (str, Path)): runs, unfinished = find_runs(runs)
     frames, seen = [], set()
     for i, run in enumerate(runs):
-        config, rows, folder = _run_record(run)
-        folder = folder or f'#{i}'
-        if folder in seen: raise ValueError(f'run {folder} is given twice: its rows would count twice.')
+        for rule in rules:
+            config, rows, folder = _run_record(run, rule)
+            folder = folder or f'#{i}'
+            if folder in seen: raise ValueError(f'run {folder} is given twice: its rows would count twice.')
+            clash = sorted(set(config) & {*ROW_KEYS, *OPTIONAL_KEYS, 'run', *tag})
+            if clash: raise ValueError(f'run {folder}: config keys {clash} clash with the results columns.')
+            frames.append(rows.assign(run=folder, **{t: rule for t in tag},
+                                      **{k: [_hashable(v)] * len(rows) for k, v in config.items()}))
         seen.add(folder)
-        clash = sorted(set(config) & {*ROW_KEYS, *OPTIONAL_KEYS, 'run'})
-        if clash: raise ValueError(f'run {folder}: config keys {clash} clash with the results columns.')
-        frames.append(rows.assign(run=folder, **{k: [_hashable(v)] * len(rows) for k, v in config.items()}))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*ROW_KEYS, *OPTIONAL_KEYS, 'run'])
+    out = (pd.concat(frames, ignore_index=True) if frames
+           else pd.DataFrame(columns=[*ROW_KEYS, *OPTIONAL_KEYS, 'run', *tag]))
     out.attrs['unfinished'] = [str(p) for p in unfinished]
     return out
 

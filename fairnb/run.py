@@ -11,8 +11,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import patch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -23,14 +25,16 @@ from .data import composition_rows, get_attribute
 from .ddp import barrier, is_main, local_device, rank_batch_size, rank_sampler, setup_distributed
 from .models import check_model_name
 from .schemes import SCHEMES, Scheme, get_scheme
-from .train import PRECISIONS, fit, speed_up
-from .results import write_results
+from .train import PRECISIONS, fit, load_checkpoint, speed_up
+from .results import SELECT_RULES, write_results
 from .metrics import MIN_CLUSTERS
 
 # %% auto #0
-__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'Param', 'Problem', 'world_knobs', 'check_bootstrap', 'min_clusters_param',
-           'check_min_clusters', 'image_bits_param', 'check_image_bits', 'resolve_config', 'Model', 'Run',
-           'watch_failures', 'unwatch_failures', 'start_run', 'Data', 'split_shares']
+__all__ = ['RUNTIME_PARAMS', 'PRESET_TYPES', 'SELECTED', 'Param', 'Problem', 'world_knobs', 'check_bootstrap',
+           'min_clusters_param', 'check_min_clusters', 'image_bits_param', 'check_image_bits', 'select_rules',
+           'select_param', 'check_select', 'resolve_config', 'Model', 'history_metric', 'rule_score', 'pick_epochs',
+           'model_state', 'load_model_state', 'SelectionKeeper', 'Run', 'watch_failures', 'unwatch_failures',
+           'start_run', 'selection_table', 'Data', 'split_shares']
 
 # %% ../nbs/11_run.ipynb #a11c0006
 @dataclass(frozen=True)
@@ -137,6 +141,27 @@ def check_image_bits(config:dict):
         raise ValueError(f'image_bits must be an integer from 8 to 16 (the significant bits of your 16-bit grayscale '
                          f"images, e.g. 12 for raw 12-bit X-rays) or None (the file's own depth), got {b!r}.")
 
+# %% ../nbs/11_run.ipynb #8a644c12
+def select_rules(select:str): # one rule of `SELECT_RULES`, or several, comma-separated
+    "The rules of a `select` parameter, in its order; refuses an unknown rule and a rule named twice."
+    rules = tuple(r.strip() for r in str(select).split(','))
+    unknown = [r for r in rules if r not in SELECT_RULES]
+    if unknown: raise ValueError(f'select: unknown rule(s) {unknown}; choose one or more of {SELECT_RULES}, '
+                                 f"comma-separated, e.g. -p select last,val_worst_group.")
+    twice = sorted({r for r in rules if rules.count(r) > 1})
+    if twice: raise ValueError(f'select names {twice} more than once ({select!r}): name each rule once.')
+    return rules
+
+def select_param(rules:tuple=SELECT_RULES): # the rules the problem offers
+    "The `select` parameter of a problem whose models may be chosen by `rules`."
+    return Param('last', str, f"epochs evaluated, comma-separated: {', '.join(map(repr, rules))}")
+
+def check_select(config:dict, refused:dict|None=None): # rule -> why the problem cannot use it
+    "`select` names known rules, each once, none of `refused`; written back as 'a,b' (no spaces)."
+    rules, refused = select_rules(config['select']), refused or {}
+    if (bad := [r for r in rules if r in refused]): raise ValueError(f"select={config['select']!r}: {refused[bad[0]]}")
+    config['select'] = ','.join(rules)
+
 # %% ../nbs/11_run.ipynb #a11c0011
 def _scheme_params(): return {k for c in SCHEMES.values() for k in c.params}
 
@@ -150,6 +175,7 @@ def resolve_config(problem:Problem, params:dict): # every parameter of the probl
     check_types(config, problem.param_types() | PRESET_TYPES)
     if 'min_clusters' in config: check_min_clusters(config)   # before the data is described
     if 'image_bits' in config: check_image_bits(config)
+    if 'select' in config: check_select(config)
     own = {k: config.pop(k) for k in list(config) if k in _scheme_params()}
     if problem.describe: config = problem.describe(config)
     a = get_attribute(config['sensitive'])
@@ -174,6 +200,61 @@ class Model:
     criterion: Callable # (outputs, targets, groups) -> per-sample losses
     optimizer: torch.optim.Optimizer
     scheduler: object = None # stepped once per epoch
+
+# %% ../nbs/11_run.ipynb #00b8c9e1
+SELECTED = 'selected.pt'   # the run file of the epochs the validation rules picked: rule -> {'epoch', 'score', 'model'}
+
+def history_metric(metric:str): # a problem's results metric: 'auc', 'accuracy'
+    "The history's name of a results metric ('auc'; 'acc' for 'accuracy')."
+    return {'accuracy': 'acc'}.get(metric, metric)
+
+def rule_score(row:dict, # one epoch's history row
+               rule:str, # a rule of `SELECT_RULES` but 'last'
+               metric:str='auc', # the history's name of the figure: 'auc' or 'acc'
+               groups=()): # the sensitive attribute's groups
+    "The validation figure `rule` maximises at one epoch; NaN where it was not evaluated (groups: NaN ones left out)."
+    if rule == 'val_mean': vals = [row.get(f'val_{metric}')]
+    elif rule == 'val_worst_group': vals = [row.get(f'val_{metric}_{g}') for g in groups]
+    elif rule == 'val_worst_class': vals = [v for k, v in row.items() if k.startswith(f'val_task_{metric}_')]
+    else: raise ValueError(f'{rule!r} is not a validation rule: choose one of {SELECT_RULES[1:]}.')
+    vals = [float(v) for v in vals if v is not None and not pd.isna(v)]
+    return min(vals) if vals else float('nan')
+
+def pick_epochs(history:pd.DataFrame, rules, metric:str='auc', groups=()):
+    "Rule -> (epoch, score): the earliest epoch of each rule's best score; 'last': the last epoch (score NaN)."
+    rows, out = history.to_dict('records'), {}
+    for r in rules:
+        if r == 'last': out[r] = (int(history.epoch.iloc[-1]), float('nan')); continue
+        s = pd.Series([rule_score(row, r, metric, groups) for row in rows], index=history.epoch.astype(int))
+        if s.isna().all(): raise ValueError(f'select rule {r!r} found no evaluated epoch with its figure (history '
+                                            f"columns val_{metric}...): evaluate on validation, or select='last'.")
+        out[r] = (int(s.idxmax()), float(s.max()))
+    return out
+
+# %% ../nbs/11_run.ipynb #37f87346
+def model_state(model:Model):
+    "A CPU copy of the network's state, and of the criterion's where it has one (a face model's head)."
+    copy = lambda m: {k: v.detach().to('cpu', copy=True) for k, v in m.state_dict().items()}
+    head = model.criterion if isinstance(model.criterion, nn.Module) else None   # a plain function: no state
+    return {'net': copy(model.net), 'criterion': None if head is None else copy(head)}
+
+def load_model_state(model:Model, state:dict): # from `model_state`
+    "Put a `model_state` back into `model`."
+    model.net.load_state_dict(state['net'])
+    if state['criterion'] is not None: model.criterion.load_state_dict(state['criterion'])
+
+class SelectionKeeper:
+    "`fit`'s after_epoch: the best epoch so far of each validation rule and its model state, kept in `path`."
+    def __init__(self, path, rules, model:Model, metric:str='auc', groups=()):
+        self.path, self.rules, self.model, self.metric, self.groups = Path(path), rules, model, metric, tuple(groups)
+        self.best = load_checkpoint(self.path) if self.path.exists() else {}   # resumed: the picks made before
+    def __call__(self, epoch:int, row:dict, net=None):
+        scores = {r: rule_score(row, r, self.metric, self.groups) for r in self.rules}
+        won = {r: s for r, s in scores.items() if not np.isnan(s) and (r not in self.best or s > self.best[r]['score'])}
+        if not won: return
+        state = model_state(self.model)   # one copy, shared by the rules it wins
+        self.best |= {r: {'epoch': epoch, 'score': s, 'model': state} for r, s in won.items()}
+        save_torch(self.path, self.best)
 
 # %% ../nbs/11_run.ipynb #a11c0042
 @dataclass
@@ -206,26 +287,37 @@ class Run:
               scheme:Scheme|None=None, # None: the run's
               epochs:int|None=None, # None: the configuration's
               name:str='', # prefix of the checkpoint and history files
-              workers:int|None=None): # loader workers; None: the configuration's
+              workers:int|None=None, # loader workers; None: the configuration's
+              select:bool|None=None): # keep the epochs `select` picks (selected.pt); None: for the run's own (name '')
         "Train `model` with checkpoints and resume; writes and returns the history."
         scheme, c = scheme or self.scheme, self.config
         share = partial(self.loader, shuffle=True, workers=workers, per_rank=True)
         hold = share(holdout) if scheme.needs_holdout else None
         speed_up(model.net, c['channels_last'], c['compile_model'])
+        keep = self.keeper(model) if (name == '' if select is None else select) else None
         history = fit(model.net, share(train), model.criterion, scheme, model.optimizer, epochs or c['epochs'],
                       self.device, evaluate=evaluate, scheduler=model.scheduler, holdout=hold,
                       checkpoint=self.out/f'{name}checkpoint.pt', resume=c['resume'], precision=c['precision'],
-                      eval_every=c.get('eval_every', 1))
+                      eval_every=c.get('eval_every', 1), after_epoch=keep)
         if is_main(): write_csv(self.out/f'{name}history.csv', history)
         return history
+    @property
+    def select(self): return select_rules(self.config.get('select', 'last'))   # the model selection rules
+    def keeper(self, model:Model): # the model whose best epochs to keep
+        "`fit`'s after_epoch keeping the validation rules' best epochs in selected.pt; None: none to keep, or rank > 0."
+        rules = [r for r in self.select if r != 'last']
+        if not rules or not is_main(): return None
+        return SelectionKeeper(self.out/SELECTED, rules, model, history_metric(self.problem.metric),
+                               self.attribute.groups)
     def finish(self, model_state, # what model.pt holds: a state dict, or a dict of them
                rows:pd.DataFrame, # the results rows
-               data:dict|None=None): # facts about the data
+               data:dict|None=None, # facts about the data
+               selected:dict|None=None): # rule -> {'epoch', 'score', 'rows'}, from `Run.evaluate_selected`
         "Save model.pt, then results.json, atomically; stop recording failures; release the folder."
         if not is_main(): return None   # torchrun: rank 0 writes the run's files
         with self:
             save_torch(self.out/'model.pt', model_state)
-            path = write_results(self.out, self.config, rows, time.time() - self.t0, data=data)
+            path = write_results(self.out, self.config, rows, time.time() - self.t0, data=data, selected=selected)
         unwatch_failures(); release_run_dir(self.out)
         return path
     def table(self): return pd.Series(self.config, name='value').to_frame()   # the configuration, for display
@@ -269,6 +361,46 @@ def start_run(problem:Problem, # the experiment, e.g. `fairnb.exp_chexpert.CHEXP
         release_run_dir(out_dir); raise
     watch_failures(out)
     return Run(problem, config, out, device, scheme, time.time())
+
+# %% ../nbs/11_run.ipynb #6e4adc0b
+@patch
+def selected_states(self:Run, model:Model, # as training left it: the last epoch's
+                    rules:tuple): # rules of `SELECT_RULES`
+    "Rule -> {'epoch', 'score', 'model'}: selected.pt's, checked against history.csv's picks; 'last': `model`'s."
+    out = {}
+    if 'last' in rules: out['last'] = {'epoch': self.config['epochs'], 'score': None, 'model': model_state(model)}
+    val, path = [r for r in rules if r != 'last'], self.out/SELECTED
+    if not val: return out
+    history = pd.read_csv(self.out/'history.csv', float_precision='round_trip')
+    picks = pick_epochs(history, val, history_metric(self.problem.metric), self.attribute.groups)
+    kept = load_checkpoint(path) if path.exists() else {}
+    wrong = {r: kept.get(r, {}).get('epoch') for r in val if kept.get(r, {}).get('epoch') != picks[r][0]}
+    if wrong: raise ValueError(f'{path} holds the epochs {wrong}, but history.csv picks '
+                               f'{ {r: picks[r][0] for r in wrong} }: it is not this training\'s. Train the run '
+                               'again (-p overwrite True).')
+    return out | {r: kept[r] for r in val}
+
+@patch
+def evaluate_selected(self:Run, model:Model, # the trained model: its last epoch's state
+                      evaluate:Callable): # () -> the results rows of `model` as it is now
+    "(the first rule's rows, {rule: {'epoch', 'score', 'rows'}}): `evaluate()` at each rule's epoch, the first last."
+    rules = self.select
+    if rules == ('last',): rows = evaluate(); return rows, {'last': {'epoch': self.config['epochs'], 'rows': rows}}
+    states, out = self.selected_states(model, rules), {}
+    for r in (*rules[1:], rules[0]):   # the first rule last: its predictions and its weights stay
+        load_model_state(model, states[r]['model'])
+        out[r] = {'epoch': states[r]['epoch'], 'score': states[r]['score'], 'rows': evaluate()}
+    return out[rules[0]]['rows'], {r: out[r] for r in rules}
+
+# %% ../nbs/11_run.ipynb #f89d3c08
+def selection_table(run:Run, selected:dict): # from `Run.evaluate_selected`, or results.json's `selected`
+    "Per rule: the epoch it picked, its validation score, and its model's test figure per sensitive group and gap."
+    a, p = run.attribute, run.problem
+    def test(rows):
+        r = pd.DataFrame(rows); r = r[(r.split == 'test') & (r.attribute == a.name) & (r.metric == p.metric)]
+        return r[r.task == p.task].set_index('group').value.reindex([*a.groups, 'gap']).add_prefix(f'test {p.metric} ')
+    return pd.DataFrame.from_dict({r: {'epoch': s['epoch'], 'validation score': s.get('score'), **test(s['rows'])}
+                                   for r, s in selected.items()}, orient='index')
 
 # %% ../nbs/11_run.ipynb #a11c0022
 @dataclass

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 
@@ -16,10 +18,10 @@ from .losses import fixed_class_regularizer, get_penalty, group_losses, minmax_l
 from .models import SensitiveHead
 
 # %% auto #0
-__all__ = ['SCHEMES', 'PENALTY_ON', 'REWEIGHT_BY', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme', 'register_scheme',
-           'schemes_for', 'get_scheme', 'Baseline', 'MinMax', 'GroupDRO', 'PenaltyScheme', 'EqualLoss', 'EqualizedOdds',
-           'DisparateImpact', 'IdentityFlip', 'LabelFlip', 'Balanced', 'label_codes', 'Reweight', 'Margins',
-           'FairFeatures']
+__all__ = ['SCHEMES', 'PENALTY_ON', 'ONE_CLASS_PER_IDENTITY', 'REWEIGHT_BY', 'ADVERSARY_ON', 'BatchOut', 'is_number', 'Scheme',
+           'register_scheme', 'schemes_for', 'get_scheme', 'Baseline', 'MinMax', 'GroupDRO', 'PenaltyScheme',
+           'EqualLoss', 'EqualizedOdds', 'DisparateImpact', 'IdentityFlip', 'LabelFlip', 'Balanced', 'label_codes',
+           'Reweight', 'jtt_index', 'is_int', 'JTT', 'DFR', 'Margins', 'FairFeatures']
 
 # %% ../nbs/06_schemes.ipynb #4c3d7fa6
 @dataclass
@@ -39,6 +41,8 @@ class Scheme:
     summary = ''   # what `prepare` did
     params, paper_defaults = {}, {}   # own parameter -> default; problem -> {parameter: the paper's value}
     variants = {}   # problem -> the subclass that carries out this scheme there (label flipping on faces)
+    refused = {}   # problem -> why this scheme cannot serve it (said when it is asked for)
+    needs_stage1, refits_last_layer = False, False   # JTT trains a first model; DFR refits the last layer
     def __init__(self, attribute, # the sensitive attribute: an `Attribute` or its name
                  problem:str='chexpert', seed:int=0, **params):
         self.attribute, self.problem, self.seed, self.logs = get_attribute(attribute), problem, seed, {}
@@ -98,7 +102,8 @@ def get_scheme(name:str, # a key of `SCHEMES`
     if name not in SCHEMES: raise ValueError(f'Unknown scheme {name!r}; choose one of {sorted(SCHEMES)}.')
     cls = SCHEMES[name]
     if problem is not None and problem not in cls.problems:
-        raise ValueError(f'scheme {name!r} is not for {problem}; choose one of {schemes_for(problem)}.')
+        why = f': {cls.refused[problem]}' if problem in cls.refused else ''
+        raise ValueError(f'scheme {name!r} is not for {problem}{why}; choose one of {schemes_for(problem)}.')
     given = {k: v for k, v in params.items() if v is not None}
     if msg := _foreign(name, given): raise ValueError(msg)
     problem = problem or cls.problems[0]
@@ -171,6 +176,9 @@ class PenaltyScheme(Scheme):
         return global_mean(out.losses) + self.alpha * pen
 
 # %% ../nbs/06_schemes.ipynb #f2f34c8e
+ONE_CLASS_PER_IDENTITY = ("its rates are those of a yes/no task, and face identification has one class per "
+                          "identity; eq_loss is the penalty for faces")
+
 @register_scheme
 class EqualLoss(PenaltyScheme):
     "Equal-loss penalty, eq. 2."
@@ -180,13 +188,13 @@ class EqualLoss(PenaltyScheme):
 class EqualizedOdds(PenaltyScheme):
     "Equalized-odds penalty, eq. 4."
     name = penalty = 'eq_odds'
-    problems = ('chexpert', 'images')
+    problems, refused = ('chexpert', 'images'), {'faces': ONE_CLASS_PER_IDENTITY}
 
 @register_scheme
 class DisparateImpact(PenaltyScheme):
     "Disparate-impact penalty, eq. 6."
     name = penalty = 'disp_impact'
-    problems = ('chexpert', 'images')
+    problems, refused = ('chexpert', 'images'), {'faces': ONE_CLASS_PER_IDENTITY}
 
 # %% ../nbs/06_schemes.ipynb #4f582137
 class _Flip(Scheme):
@@ -274,6 +282,56 @@ class Reweight(Scheme):
         if self.weights is None: raise RuntimeError('reweight: call prepare(train) first (every run flow does).')
         w = torch.tensor([self.weights.get(k, 0.0) for k in self.cells(out.targets, out.groups).tolist()])
         return global_mean(out.losses * w.to(out.losses.device, out.losses.dtype))
+
+# %% ../nbs/06_schemes.ipynb #3a25ba1a
+def jtt_index(errors, # (N,) bool: the training images stage 1 got wrong
+              lambda_up:int): # times each error image is drawn
+    "Indices of the upweighted training set: every image once, then each error image `lambda_up - 1` more times."
+    errors = np.asarray(errors, bool)
+    return np.concatenate([np.arange(len(errors)), np.repeat(np.flatnonzero(errors), lambda_up - 1)])
+
+def is_int(v, low:int=1): return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+@register_scheme
+class JTT(Scheme):
+    "Just train twice (Liu et al. 2021): the error set of a `jtt_epochs` baseline drawn `lambda_up` times, a new model."
+    name, problems, params = 'jtt', ('chexpert', 'images'), dict(jtt_epochs=1, lambda_up=5)
+    refused = {'faces': "JTT upweights the training images a first model gets wrong; a face model's errors are wrong "
+                        "training identities, while its test is rank-1 on identities never seen in training"}
+    needs_stage1 = True
+    def check(self):
+        if not is_int(self.jtt_epochs):
+            raise ValueError(f'jtt_epochs must be an integer >= 1, got {self.jtt_epochs!r}.')
+        if not is_int(self.lambda_up): raise ValueError(f'lambda_up must be an integer >= 1, got {self.lambda_up!r}.')
+        self.errors = None
+    def upweight(self, train, errors): # errors: (N,) bool over `train`'s samples
+        "`train` with its error set drawn `lambda_up` times; the images are shared, not copied."
+        if len(errors) != len(train): raise ValueError(f'{len(errors)} error flags for {len(train)} training samples.')
+        self.errors = np.asarray(errors, bool); idx = jtt_index(self.errors, self.lambda_up)
+        self.summary = (f'error set {int(self.errors.sum())} of {len(train)} training samples (stage 1: '
+                        f'{self.jtt_epochs} epochs), drawn {self.lambda_up} times: {len(train)} -> {len(idx)}')
+        return train.take(idx)
+    def __call__(self, out:BatchOut, holdout:BatchOut|None=None):
+        if self.errors is None:
+            raise RuntimeError('jtt: build the training set with upweight(train, errors) first '
+                               '(the run flows do, from fairnb.after_paper.jtt_stage1).')
+        return global_mean(out.losses)
+
+# %% ../nbs/06_schemes.ipynb #ee8f447b
+@register_scheme
+class DFR(Scheme):
+    "Deep feature reweighting (Kirichenko et al. 2023): the baseline's last layer refitted on a balanced holdout half."
+    name, problems, params = 'dfr', ('chexpert', 'images'), dict(dfr_c=None)
+    refused = {'faces': "DFR refits a classifier's last layer; a face model is evaluated by nearest neighbours among "
+                        "embeddings of identities never seen in training, with no last layer to refit"}
+    C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)   # Kirichenko et al.'s grid of C
+    refits_last_layer = True
+    def check(self):
+        if self.dfr_c is not None and not (is_number(self.dfr_c) and self.dfr_c > 0):
+            raise ValueError(f'dfr_c must be a number > 0 (the inverse L1 strength) or None (chosen), '
+                             f'got {self.dfr_c!r}.')
+    @property
+    def grid(self): return self.C_GRID if self.dfr_c is None else (self.dfr_c,)   # the values of C tried
 
 # %% ../nbs/06_schemes.ipynb #75cc0992
 @register_scheme

@@ -15,16 +15,18 @@ import seaborn as sns
 
 from .chexpert import TASK_ABBR
 from .core import ADDED_LATER
-from .results import collect_runs, ROW_KEYS, OPTIONAL_KEYS
+from .data import get_attribute
+from .results import collect_runs, read_results, ROW_KEYS, OPTIONAL_KEYS
 from .stats import mean_interval
 from .experiments import PROBLEMS, get_problem
 
 # %% auto #0
-__all__ = ['TABLES', 'ORACLES', 'LAYOUTS', 'RUN_ONLY', 'SEED_FREE', 'FIGURES', 'Cell', 'cell', 'Table', 'register_table',
-           'get_table', 'paper_values', 'paper_table3', 'sirn_table', 'chexpert_layout', 'faces_layout',
-           'angles_layout', 'sirn_layout', 'demographics_layout', 'with_added_columns', 'cell_runs', 'table_results',
-           'table_preset', 'run_counts', 'layout_table', 'style_table', 'plot_curves', 'plot_age', 'seed_gaps',
-           'gap_parts', 'plot_closable']
+__all__ = ['TABLES', 'ORACLES', 'AFTER_RULES', 'AFTER_METHODS', 'LAYOUTS', 'RUN_ONLY', 'SEED_FREE', 'RULE_TEXT', 'FIGURES',
+           'Cell', 'cell', 'Table', 'register_table', 'get_table', 'after_cells', 'paper_values', 'paper_table3',
+           'sirn_table', 'chexpert_layout', 'faces_layout', 'worst_group_layout', 'angles_layout', 'sirn_layout',
+           'demographics_layout', 'with_added_columns', 'cell_runs', 'table_results', 'table_preset', 'run_counts',
+           'layout_table', 'style_table', 'rule_runs', 'with_empty_blocks', 'rule_results', 'picked_epochs',
+           'plot_curves', 'plot_age', 'seed_gaps', 'gap_parts', 'plot_closable']
 
 # %% ../nbs/12_tables.ipynb #t12c0005
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Table:
     on_preset: dict = field(default_factory=dict) # preset -> parameters every cell takes there
     figures: tuple = ()  # names of `FIGURES` drawn under the table
     report: str = 'tables'  # the report notebook in nbs/ that lays it out
+    rules: tuple = ()  # checkpoint selection rules (`select`), one sub-table each; (): the runs' own rows
 
     def problems(self): return sorted({c.problem for c in self.cells})
 
@@ -151,6 +154,19 @@ register_table(Table('images', 'Your data: every classification scheme, per grou
                  cell('MIN-MAX LOSS', 'images', scheme='minmax'), cell('RANDOM FLIP', 'images', scheme='label_flip')),
     figures=('curves',)))
 
+# %% ../nbs/12_tables.ipynb #e02ce30c
+AFTER_RULES = ('last', 'val_mean', 'val_worst_group', 'val_worst_class')   # `fairnb.run.SELECT_RULES`, every one
+AFTER_METHODS = (('BASELINE', 'baseline'), ('MIN-MAX', 'minmax'), ('GROUP DRO', 'group_dro'),
+                 ('REWEIGHTING', 'reweight'), ('BALANCED', 'balanced'), ('JTT', 'jtt'), ('DFR', 'dfr'))
+
+def after_cells(problem:str):
+    "The after-the-paper grid of `problem`: every method at its defaults, every selection rule recorded."
+    return tuple(cell(block, problem, scheme=s, select=','.join(AFTER_RULES)) for block, s in AFTER_METHODS)
+
+for _name, _problem, _what in (('after_paper', 'chexpert', 'CheXpert'), ('after_paper_images', 'images', 'Your data')):
+    register_table(Table(_name, f'{_what}: the methods after the paper, per group, under four rules for choosing the '
+                         'checkpoint', 'worst_group', after_cells(_problem), figures=('curves',), rules=AFTER_RULES))
+
 # %% ../nbs/12_tables.ipynb #t12c0020
 def paper_values(table:str|None=None): # 'table1', ...; None: every table
     "The paper's figures as a long DataFrame: table, block, row, split, column, value."
@@ -201,6 +217,14 @@ def faces_layout(r:pd.DataFrame):
     "Accuracy in percent per split and group (train: the head; validation and test: rank-1)."
     return _groups(r, 'accuracy', 'identification', 100.0).assign(row=None)
 
+# %% ../nbs/12_tables.ipynb #2e4f363b
+def worst_group_layout(r:pd.DataFrame):
+    "Per split: the mean AUC over tasks of each group of the sensitive attribute, the gap, and the worst group."
+    out = _groups(r, 'auc', 'mean')
+    worst = out[out.column != 'gap'].groupby('split', sort=False).value.min()
+    return pd.concat([out, pd.DataFrame({'split': worst.index, 'column': 'worst', 'value': worst.values})],
+                     ignore_index=True).assign(row='AVG')   # the mean over tasks, as CheXpert's tables name it
+
 # %% ../nbs/12_tables.ipynb #t12c0028
 def angles_layout(r:pd.DataFrame):
     "Table 2: accuracy (percent) and mean intra- and inter-class angles per group, validation and test."
@@ -222,7 +246,8 @@ def demographics_layout(r:pd.DataFrame):
     return s.assign(row=s.column.str.upper(), column='share')
 
 LAYOUTS = {'chexpert': (chexpert_layout, 3), 'faces': (faces_layout, 1), 'angles': (angles_layout, 1),
-           'sirn': (sirn_layout, 1), 'demographics': (demographics_layout, 2)}   # name -> (layout, digits shown)
+           'sirn': (sirn_layout, 1), 'demographics': (demographics_layout, 2),
+           'worst_group': (worst_group_layout, 3)}   # name -> (layout, digits shown)
 
 # %% ../nbs/12_tables.ipynb #t12c0031
 RUN_ONLY = ('device', 'num_workers', 'on_bad_image', 'out_dir', 'overwrite', 'resume')   # how it runs, not what it is
@@ -278,14 +303,15 @@ def table_results(table:Table|str, runs:pd.DataFrame, # `collect_runs` output (a
     return _paper_order(out, t)[[*keys, 'mean', 'low', 'high', 'n', 'paper']]
 
 # %% ../nbs/12_tables.ipynb #t12c0035
-def _paper_order(df:pd.DataFrame, t:Table):
+def _paper_order(df:pd.DataFrame, t:Table, columns=()): # columns: their order, before any others
     "Rows in the paper's order: blocks and their rows as the cells list them (CheXpert: tasks), then split, column."
     blocks, rows = list(dict.fromkeys(c.block for c in t.cells)), {}
     for c in t.cells: rows.setdefault(c.block, []).append(c.row)
     tasks = list(dict.fromkeys([*t.tasks, *TASK_ABBR.values(), 'AVG', *paper_values(t.name).row]))
     seq = lambda b: [r for r in rows.get(b, []) if r] or tasks
     place = lambda b, r: (blocks.index(b), seq(b).index(r) if r in seq(b) else len(seq(b)))
-    splits, cols = ['train', 'validation', 'test'], list(dict.fromkeys([*paper_values(t.name).column, *df.column]))
+    splits, cols = ['train', 'validation', 'test'], list(dict.fromkeys([*columns, *paper_values(t.name).column,
+                                                                        *df.column]))
     key = [(*place(b, r), splits.index(s), cols.index(c)) for b, r, s, c in zip(df.block, df.row, df.split, df.column)]
     return df.iloc[sorted(range(len(df)), key=key.__getitem__)].reset_index(drop=True)
 
@@ -339,6 +365,42 @@ def style_table(long:pd.DataFrame, digits:int=3, caption:str=''):
     return (layout_table(html).style.set_caption(caption)
             .set_table_styles([{'selector': 'td', 'props': 'text-align: center; padding: 2px 6px;'},
                                {'selector': 'caption', 'props': 'caption-side: top; font-weight: bold;'}]))
+
+# %% ../nbs/12_tables.ipynb #03dd878a
+RULE_TEXT = {'last': 'the last epoch (the paper)', 'val_mean': 'the best validation mean AUC',
+             'val_worst_group': "the best validation AUC of the worst group (needs validation's group labels)",
+             'val_worst_class': 'the best validation AUC of the worst task (no group labels)'}
+
+def rule_runs(runs:pd.DataFrame, t:Table, rule:str): # `collect_runs` output; a rule of `t.rules`
+    "The table's runs, each with the rows of the epoch `rule` picked."
+    folders = list(dict.fromkeys(_table_runs(runs, t).run))
+    return collect_runs(folders, select=rule) if folders else runs.iloc[0:0]
+
+def with_empty_blocks(long:pd.DataFrame, t:Table):
+    "`long` with a line of n = 0 ('no run') for each split and column of every block of `t` that has no runs."
+    have, cols = set(long.block), long[['split', 'column']].drop_duplicates()
+    empty = [cols.assign(block=c.block, row='AVG', n=0) for c in t.cells if c.block not in have]
+    return pd.concat([long, *empty], ignore_index=True) if empty and len(cols) else long
+
+def rule_results(table:Table|str, runs:pd.DataFrame, preset:str):
+    "`table_results` for every selection rule of the table, in one long form with a column `select`."
+    t = get_table(table) if isinstance(table, str) else table
+    if not t.rules: raise ValueError(f'{t.name} has no selection rules: use table_results.')
+    groups = get_attribute(runs.sensitive.dropna().iloc[0]).groups if 'sensitive' in runs and len(runs) else ()
+    order = lambda long: _paper_order(with_empty_blocks(long, t), t, (*groups, 'gap', 'worst'))   # as the groups go
+    return pd.concat([order(table_results(t, rule_runs(runs, t, r), preset)).assign(select=r) for r in t.rules],
+                     ignore_index=True)
+
+def picked_epochs(runs:pd.DataFrame, table:Table|str, preset:str):
+    "Per block and rule: the epochs the rule picked, one per seed in seed order (each run's `results.json`)."
+    t, out = get_table(table) if isinstance(table, str) else table, []
+    for c in dict.fromkeys(t.cells):
+        for run, r in cell_runs(runs, c, {'preset': preset, **t.on_preset.get(preset, {})}).groupby('run'):
+            picked = read_results(run)[0].get('selected') or {}
+            out += [dict(block=c.block, seed=r.seed.iloc[0], select=k, epoch=v['epoch']) for k, v in picked.items()]
+    if not out: return pd.DataFrame()
+    df = pd.DataFrame(out).sort_values('seed')
+    return df.pivot_table(index='block', columns='select', values='epoch', aggfunc=list, sort=False)[list(t.rules)]
 
 # %% ../nbs/12_tables.ipynb #t12c0044
 def _histories(runs:pd.DataFrame, t:Table, preset:str):

@@ -149,7 +149,9 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         checkpoint=None, # file written after every epoch
         resume:bool=False, # continue from `checkpoint` if it exists
         precision:str='fp32', # 'bf16': forward passes in bf16 autocast (see `speed_up` for the rest)
-        eval_every:int=1): # `evaluate` after every this many epochs, and after the last
+        eval_every:int=1, # `evaluate` after every this many epochs, and after the last
+        after_epoch:Callable|None=None): # (epoch, row, model) -> None: after each epoch's evaluation, before its
+                                         # checkpoint (model selection keeps the best epochs' states there)
     "Train `model` for `epochs` epochs; returns the per-epoch history."
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f'epochs must be an integer >= 1, got {epochs!r}.')
@@ -174,6 +176,7 @@ def fit(model, loader, criterion:Callable, scheme:Scheme, optimizer, epochs:int,
         row |= train_epoch(net, loader, crit, scheme, optimizer, device, epoch, hold, precision)
         if evaluate is not None and (epoch % eval_every == 0 or epoch == epochs):
             with local_statistics(): row |= evaluate(model)   # torchrun: each process evaluates whole splits
+        if after_epoch is not None: after_epoch(epoch, row, model)
         if scheduler is not None: scheduler.step()
         history.append(row | {'seconds': time.time() - t0})
         if checkpoint is not None and is_main(): save_checkpoint(checkpoint, epoch, history, **parts)

@@ -78,7 +78,8 @@ LAYERS = [('core', 'ddp', 'models', 'stats', 'search'),                       # 
           ('chexpert', 'faces', 'bupt', 'manifest', 'layouts'),                   # sources
           ('schemes', 'metrics', 'train', 'evaluate', 'audit', 'report', 'worlds'),   # method
           ('run',),                                                               # the run API
-          ('exp_chexpert', 'exp_faces', 'exp_fair_features', 'exp_images', 'experiments'),   # experiments
+          ('after_paper', 'exp_chexpert', 'exp_faces', 'exp_fair_features', 'exp_images',   # experiments
+           'experiments'),
           ('tables', 'jobs', 'figures', 'claims', 'verdicts', 'findings'),        # results: tables, runs, claims
           ('backends', 'sweep', 'launch')]                                        # top: the command lines
 

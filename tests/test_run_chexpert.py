@@ -23,6 +23,8 @@ RUNS = {
     'balanced': dict(scheme='balanced'),
     'group_dro': dict(scheme='group_dro', eta=0.1, adjustment=1.0),
     'reweight': dict(scheme='reweight', reweight_by='group_label'),
+    'jtt': dict(scheme='jtt', jtt_epochs=1, lambda_up=3),
+    'dfr': dict(scheme='dfr', dfr_c=0.3),
     'oracle': dict(scheme='balanced', train_labels='true'),
 }
 SCHEMES = list(RUNS)
