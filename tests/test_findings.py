@@ -325,3 +325,37 @@ def test_gpu_script_without_a_gpu_says_so(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and 'no GPU is visible' in done.stderr and 'pass --smoke' in done.stderr
     assert not (tmp_path / 'out' / 'findings_gpu.csv').exists()
+
+
+@pytest.fixture(scope='module')
+def after_reported(tmp_path_factory):
+    "The report of the `after` family alone on CheXpert smoke runs (1 tuning seed, 2 confirmation seeds)."
+    d = tmp_path_factory.mktemp('after'); runs, over = d / 'runs', {'world': 'default', 'bootstrap': 0}
+    for j in table_jobs(findings_table('after', 'tune'), 'smoke', [TUNE_SEED0], over):
+        launch(j.problem, runs / j.folder, **j.kw)
+    tuned = gather_stage(runs, 'smoke', ('after',), 'tune', [TUNE_SEED0], {'after': over}, half='tune', resamples=50)
+    chosen = choose_values(knob_curves(tuned, 'after', [TUNE_SEED0]))
+    for j in table_jobs(findings_table('after', 'confirm', chosen), 'smoke', 2, over):
+        launch(j.problem, runs / j.folder, **j.kw)
+    findings_table('after', 'confirm')
+    made = len(list((runs / 'smoke').glob('*/results.json')))
+    nb = _papermill(d / 'findings.ipynb', runs, families='after')
+    return dict(runs=runs, nb=nb, made=made, chosen=chosen, parts=pd.read_csv(runs / 'findings.csv'))
+
+
+@pytest.mark.slow
+def test_the_after_family_asks_f1s_question_of_group_dro_jtt_and_dfr(after_reported):
+    "F9 on the after-the-paper arms, their knobs chosen by the penalties' rule, every other claim left out, said why."
+    parts, chosen = after_reported['parts'], after_reported['chosen']
+    assert set(chosen) == {'af_dro', 'af_jtt'}                       # DFR chooses its own C
+    assert all(v is None or v in ARMS[k].grid for k, v in chosen.items())
+    f9 = parts[parts.finding == 'F9']
+    assert set(f9.arm) == {'af_dro', 'af_jtt', 'af_dfr'} and f9.blocked.isna().all(), f9
+    assert (f9.seeds == 2).all() and f9[['value', 'bound']].notna().all().all()
+    acted = f9[f9.role == 'acted'].set_index('arm').part
+    assert 'training AVG gap' in acted['af_jtt'] and 'holdout' in acted['af_dfr']
+    others = parts[parts.finding != 'F9']
+    assert (others.blocked.str.contains('are not part of this report') | others.blocked.str.contains('no run')).all()
+    text = _text(after_reported['nb'])
+    assert 'F9: ' in text and '0 run(s) finished' in text
+    assert len(list((after_reported['runs'] / 'smoke').glob('*/results.json'))) == after_reported['made']
