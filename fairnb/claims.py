@@ -119,7 +119,8 @@ for _f in FAMILIES:
     for _s in ('tune', 'confirm'): findings_table(_f, _s)
 
 # %% ../nbs/17a_claims.ipynb #f17a0010
-SCORE_MARGIN = {'chexpert': 0.02, 'faces': 0.03, 'images': 0.02, 'after': 0.02}   # largest loss of score an arm may show
+SCORE_MARGIN = {'chexpert': 0.02, 'faces': 0.03, 'images': 0.02,
+                'after': 0.02}   # largest loss of score an arm may show
 ACTED_SHARE = 0.25   # (A): the intervention's own measure fell by at least this share of the baseline's value
 CHANCE = 0.5         # the floor of an AUC and of a two-group classifier's accuracy
 
