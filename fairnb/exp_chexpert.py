@@ -24,8 +24,9 @@ from .run import (RUNTIME_PARAMS, Data, Model, Param, Problem, Run, image_bits_p
                         select_param, split_shares)
 
 # %% auto #0
-__all__ = ['CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'data_facts', 'chexpert_data', 'chexpert_model', 'train_chexpert',
-           'chexpert_predictions', 'evaluate_chexpert', 'check_chexpert', 'classifier_flow', 'chexpert_flow']
+__all__ = ['TWO_STEP_PARAMS', 'CHEXPERT_PARAMS', 'CHEXPERT', 'patient_share', 'data_facts', 'chexpert_data', 'chexpert_model',
+           'train_chexpert', 'chexpert_predictions', 'evaluate_chexpert', 'check_chexpert', 'classifier_flow',
+           'chexpert_flow']
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000006
 def patient_share(df:pd.DataFrame, share:float, seed:int): # one row per image, with a patient column
@@ -118,6 +119,14 @@ def chexpert_flow(run:Run):
     return classifier_flow(run, chexpert_data(run), chexpert_model, train_chexpert, evaluate_chexpert)
 
 # %% ../nbs/11a_exp_chexpert.ipynb #ec000011
+TWO_STEP_PARAMS = dict(   # jtt's and dfr's own parameters: CheXpert's and your data's (`fairnb.exp_images`)
+    jtt_epochs=Param(None, (int, None),
+                     'jtt: epochs of the first model, whose training errors are drawn again; None: 1'),
+    lambda_up=Param(None, (int, None), 'jtt: times each of those errors is drawn in the second training; None: 5'),
+    dfr_c=Param(None, (float, None),
+                'dfr: inverse L1 strength of the refitted last layer; None: chosen on the holdout'),
+)
+
 CHEXPERT_PARAMS = dict(
     scheme=Param('baseline', str, "a scheme for this problem: fairnb.schemes.schemes_for('chexpert')"),
     alpha=Param(None, (float, None), 'eq_loss, eq_odds, disp_impact: weight of the penalty; None: 1.0'),
@@ -130,11 +139,7 @@ CHEXPERT_PARAMS = dict(
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
     reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
-    jtt_epochs=Param(None, (int, None),
-                     'jtt: epochs of the first model, whose training errors are drawn again; None: 1'),
-    lambda_up=Param(None, (int, None), 'jtt: times each of those errors is drawn in the second training; None: 5'),
-    dfr_c=Param(None, (float, None),
-                'dfr: inverse L1 strength of the refitted last layer; None: chosen on the holdout'),
+    **TWO_STEP_PARAMS,
     data_dir=Param(None, (str, None), 'CheXpert-v1.0-small folder; None: the built-in synthetic CheXpert'),
     world=Param('default', str, "synthetic data only: 'default', 'findings' or 'null' (README: synthetic worlds)"),
     train_labels=Param('recorded', str, "'recorded' (train.csv's), or 'true' (synthetic only: the oracle)"),

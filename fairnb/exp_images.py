@@ -15,7 +15,7 @@ from .data import ImageTable, check_groups, drop_bad_images
 from .manifest import (LAYOUTS, Spec, get_layout, image_transform, layout_table, manifest_splits,
                              manifest_table, parse_manifest, read_rgb)
 import fairnb.layouts  # noqa: F401  (registers the public layouts)
-from .exp_chexpert import chexpert_model, classifier_flow, data_facts, train_chexpert
+from .exp_chexpert import TWO_STEP_PARAMS, chexpert_model, classifier_flow, data_facts, train_chexpert
 from .metrics import group_mean_rows
 from .evaluate import predict, split_rows
 from .results import write_predictions
@@ -175,11 +175,7 @@ IMAGES_PARAMS = dict(
     eta=Param(None, (float, None), 'group_dro: step size of the group weights; None: 0.01'),
     adjustment=Param(None, (float, None), "group_dro: C of the C/sqrt(n_g) added to a group's loss; None: 0.0"),
     reweight_by=Param(None, (str, None), "reweight: 'group' or 'group_label', the cells weighted; None: 'group'"),
-    jtt_epochs=Param(None, (int, None),
-                     'jtt: epochs of the first model, whose training errors are drawn again; None: 1'),
-    lambda_up=Param(None, (int, None), 'jtt: times each of those errors is drawn in the second training; None: 5'),
-    dfr_c=Param(None, (float, None),
-                'dfr: inverse L1 strength of the refitted last layer; None: chosen on the holdout'),
+    **TWO_STEP_PARAMS,
     manifest=Param(None, (str, None), 'your manifest CSV (README: your own data in ten minutes); None: a layout'),
     layout=Param(None, (str, None), "a public dataset in its own files ('nih', ...: README); None: synthetic"),
     data_dir=Param(None, (str, None), "the layout's folder; None: a synthetic copy in that layout"),
